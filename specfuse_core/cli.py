@@ -1,0 +1,163 @@
+"""The ``specfuse`` command: ask the ensemble a question from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from .config import SCORE_MODES, FusionConfig
+from .errors import SpecFuseError
+from .trace import FusionResult
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--member", action="append", metavar="SPEC", help=(
+        "member spec, repeatable: a preset name, a local directory, a Hub id or a .gguf file; "
+        "append ::draft or ::score for a single role (default: the default two-model ensemble)"))  # fmt: skip
+    parser.add_argument("--segment-tokens", type=int, default=10, help="tokens per drafted segment (default 10)")
+    parser.add_argument("--max-tokens", type=int, default=512, help="answer budget in the first member's tokens")
+    parser.add_argument("--temperature", type=float, help="draft temperature; 0 is greedy (default 0.6, top-p 0.9)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    parser.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    parser.add_argument("--stop", action="append", metavar="TEXT", help="stop string, repeatable")
+    parser.add_argument("--score-mode", choices=SCORE_MODES, default="mean_prob", help="per-candidate score")
+    parser.add_argument("--normalize", choices=("sum", "softmax"), default="sum", help="per-scorer normalisation")
+    parser.add_argument("--exclude-self", action="store_true", help="a scorer does not vote for its own draft")
+    parser.add_argument("--no-kv-cache", action="store_true", help="re-read the whole context every round (baseline)")
+    parser.add_argument("--exit", action="store_true", help="model exit: drop members that keep losing")
+    parser.add_argument("--weights", action="store_true", help="online (Hedge) weights over scorers")
+    parser.add_argument("--device", help="device for local members (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--dtype", help="dtype for local members (float32, bfloat16, float16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="specfuse",
+        description="Several LLMs answer together with SpecFuse (next-segment prediction ensembling).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    ask = commands.add_parser("ask", help="answer a question with the ensemble, streaming each accepted segment")
+    ask.add_argument("question", help="the question; '-' reads it from standard input")
+    ask.add_argument("--system", help="system message")
+    _fusion_arguments(ask)
+    output = ask.add_mutually_exclusive_group()
+    output.add_argument("--trace", action="store_true", help="after the answer, print a per-round table")
+    output.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    commands.add_parser("presets", help="list the named member presets")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> FusionConfig:
+    return FusionConfig(
+        segment_tokens=args.segment_tokens,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=tuple(args.stop or ()),
+        score_mode=args.score_mode,
+        normalize=args.normalize,
+        exclude_self_scores=args.exclude_self,
+        cache=not args.no_kv_cache,
+        exit=args.exit,
+        weights=args.weights,
+    )
+
+
+def member_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v is not None}
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def trace_table(result: FusionResult) -> str:
+    """A readable per-round table: candidates with aggregated scores, winner (*) and time."""
+    lines = ["", f"{'round':>5}  {'winner':<28} {'time':>7}  candidates (aggregated score, * = winner)"]
+    for event in result.trace:
+        shown = []
+        for candidate, total in zip(event.candidates, event.totals):
+            mark = "*" if candidate.drafters == event.winners else " "
+            end = "⏎" if candidate.ends else ""
+            shown.append(f"{mark}{json.dumps(candidate.text, ensure_ascii=False)}{end} {total:.2f}")
+        note = " (consensus)" if event.consensus else ""
+        winner = ",".join(event.winners) or "-"
+        lines.append(f"{event.round:>5}  {winner[:28]:<28} {event.timings.round_s:>6.2f}s  {' | '.join(shown)}{note}")
+        for record in event.exits:
+            lines.append(f"{'':>5}  exit: {record.member} ({record.reason})")
+    summary = result.summary()
+    lines.append(f"rounds: {summary['rounds']}, wins: {summary['wins']}, calls/round: {summary['calls_per_round']}, "
+                 f"finish: {result.finish_reason}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from .engine import Ensemble
+
+    question = sys.stdin.read() if args.question == "-" else args.question
+    config = config_from_args(args)
+    _quiet_libraries()
+    ensemble = Ensemble.from_specs(args.member, config, **member_options(args))
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": question}
+    ]
+    if args.json:
+        print(json.dumps(ensemble.generate(messages).to_dict(), ensure_ascii=False))
+        return 0
+    stream = ensemble.stream(messages)
+    for event in stream:
+        sys.stdout.write(event.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.trace:
+        print(trace_table(stream.result))
+    return 0
+
+
+def _presets() -> int:
+    from .presets import PRESETS
+
+    from .engine import DEFAULT_MEMBERS
+
+    for preset in PRESETS.values():
+        default = " (default)" if preset.name in DEFAULT_MEMBERS else ""
+        print(f"{preset.name:<30} {preset.description}{default}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "presets":
+            return _presets()
+        return _ask(args)
+    except SpecFuseError as error:
+        print(f"specfuse: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

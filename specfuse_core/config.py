@@ -1,0 +1,119 @@
+"""`FusionConfig`: every option of the SpecFuse round loop, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+ScoreMode = Literal["mean_prob", "mean_logprob", "mean_logit"]
+Normalization = Literal["sum", "softmax"]
+WeightSchedule = Literal["1/t", "1/sqrt(t)"]
+
+SCORE_MODES: tuple[str, ...] = ("mean_prob", "mean_logprob", "mean_logit")
+NORMALIZATIONS: tuple[str, ...] = ("sum", "softmax")
+WEIGHT_SCHEDULES: tuple[str, ...] = ("1/t", "1/sqrt(t)")
+
+DEFAULT_DRAFT_TEMPERATURE = 0.6
+DEFAULT_DRAFT_TOP_P = 0.9
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Options of one SpecFuse request (algorithm.md §3–§8 give the meaning of each).
+
+    ``temperature=None`` means the reference defaults (0.6, top_p 0.9); ``temperature=0`` is greedy.
+    """
+
+    segment_tokens: int = 10
+    max_tokens: int = 512
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    score_mode: ScoreMode = "mean_prob"
+    normalize: Normalization = "sum"
+    softmax_temperature: float = 1.0
+    exclude_self_scores: bool = False
+    cache: bool = True
+    # Model exit (algorithm.md §4).
+    exit: bool = False
+    exit_min_rounds: int = 3
+    exit_temperature: float = 1.0
+    exit_entropy: float = 0.6
+    exit_share: float = 0.5
+    # Online weights (algorithm.md §5).
+    weights: bool = False
+    weights_eta0: float = 1.0
+    weights_schedule: WeightSchedule = "1/t"
+    keep_weights: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop or ()))
+        _require_int("segment_tokens", self.segment_tokens, minimum=1)
+        _require_int("max_tokens", self.max_tokens, minimum=1)
+        _require_int("exit_min_rounds", self.exit_min_rounds, minimum=1)
+        if self.seed is not None:
+            _require_int("seed", self.seed, minimum=0)
+        if self.temperature is not None and not (_finite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.top_p is not None and not (_finite(self.top_p) and 0 < self.top_p <= 1):
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.score_mode not in SCORE_MODES:
+            raise ConfigError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {self.score_mode!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if self.weights_schedule not in WEIGHT_SCHEDULES:
+            raise ConfigError(
+                f"weights_schedule must be one of {', '.join(WEIGHT_SCHEDULES)}, got {self.weights_schedule!r}"
+            )
+        for name in ("softmax_temperature", "exit_temperature"):
+            value = getattr(self, name)
+            if not (_finite(value) and value > 0):
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        for name in ("exit_entropy", "exit_share"):
+            value = getattr(self, name)
+            if not (_finite(value) and 0 <= value <= 1):
+                raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+        if not (_finite(self.weights_eta0) and self.weights_eta0 >= 0):
+            raise ConfigError(f"weights_eta0 must be >= 0, got {self.weights_eta0!r}")
+        if any(not isinstance(s, str) or s == "" for s in self.stop):
+            raise ConfigError("stop strings must be non-empty strings")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def draft_temperature(self) -> float:
+        return DEFAULT_DRAFT_TEMPERATURE if self.temperature is None else float(self.temperature)
+
+    @property
+    def draft_top_p(self) -> float:
+        if self.top_p is not None:
+            return float(self.top_p)
+        return DEFAULT_DRAFT_TOP_P if self.temperature is None else 1.0
+
+    def replace(self, **changes: Any) -> FusionConfig:
+        """A copy with ``changes`` applied (``None`` values are ignored), validated again."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown fusion option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

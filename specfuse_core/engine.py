@@ -1,0 +1,481 @@
+"""`Ensemble`: the SpecFuse round loop (algorithm.md §3) with sync and async twins.
+
+One round: every active drafter drafts a segment (concurrently), identical drafts merge into
+candidates, every active scorer scores every candidate in one batched pass, scores are normalised
+per scorer and aggregated, and the winner is broadcast to every member. Model exit (§4) and online
+weights (§5) run after each verified round when switched on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import policies, scoring
+from ._background import run_sync
+from .config import FusionConfig
+from .errors import ConfigError, NoActiveMembersError
+from .member import ContextWindowFull, Draft, Member, MemberSession, SamplingParams
+from .messages import validate_messages
+from .segments import find_stop, trim_to_word_boundary
+from .trace import (
+    Candidate,
+    FinishReason,
+    FusionResult,
+    MemberCall,
+    MemberExit,
+    MemberUsage,
+    SegmentEvent,
+    Timings,
+)
+
+T = TypeVar("T")
+
+DEFAULT_MEMBERS: tuple[str, ...] = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
+"""Specs of the default ensemble: SmolLM2-135M-Instruct + Qwen2.5-Coder-0.5B-Instruct."""
+
+
+class Ensemble:
+    """Several members answering one request together with SpecFuse.
+
+    >>> ens = Ensemble.from_specs(["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
+    >>> ens.generate([{"role": "user", "content": "What is the capital of France?"}]).text
+    """
+
+    def __init__(self, members: Sequence[Member], config: FusionConfig | None = None) -> None:
+        members = list(members)
+        if not members:
+            raise ConfigError("an ensemble needs at least one member")
+        seen: set[str] = set()
+        for member in members:
+            if member.name in seen:
+                raise ConfigError(f"duplicate member name {member.name!r}: give each member a unique name=")
+            seen.add(member.name)
+        if not any(m.can_draft for m in members):
+            raise ConfigError("no drafter: at least one member must have role 'both' or 'draft'")
+        if not any(m.can_score for m in members):
+            raise ConfigError("no scorer: at least one member must have role 'both' or 'score'")
+        self.members: tuple[Member, ...] = tuple(members)
+        self.config = config or FusionConfig()
+        self.weights: dict[str, float] = _uniform_weights(self.members)
+
+    @classmethod
+    def from_specs(
+        cls,
+        specs: Sequence[str] | None = None,
+        config: FusionConfig | None = None,
+        *,
+        share: bool = True,
+        **member_options: Any,
+    ) -> Ensemble:
+        """Build an ensemble from member specs (preset names, directories, Hub ids, ``.gguf`` files).
+
+        ``None`` means :data:`DEFAULT_MEMBERS`. A spec may end with ``::draft`` or ``::score`` to
+        give that member a single role. ``member_options`` (``device``, ``dtype``, ...) go to every
+        member. With ``share=True`` members already loaded with the same spec and options are reused.
+        """
+        from .registry import load_member
+
+        specs = list(DEFAULT_MEMBERS if specs is None else specs)
+        if not specs:
+            raise ConfigError("no member specs given")
+        return cls([load_member(spec, share=share, **member_options) for spec in specs], config)
+
+    @property
+    def name(self) -> str:
+        """A readable name: ``specfuse(member+member)``."""
+        return "specfuse(" + "+".join(m.name for m in self.members) + ")"
+
+    @property
+    def context_window(self) -> int | None:
+        """The smallest context window among the members."""
+        windows = [m.context_window for m in self.members if m.context_window]
+        return min(windows) if windows else None
+
+    def __repr__(self) -> str:
+        return f"Ensemble(members={[m.name for m in self.members]!r}, config={self.config!r})"
+
+    def _request(self, messages: Sequence[Mapping[str, Any]], overrides: dict[str, Any]) -> _Request:
+        config = self.config.replace(**overrides) if overrides else self.config
+        return _Request(self, validate_messages(messages), config)
+
+    def stream(self, messages: Sequence[Mapping[str, Any]], **overrides: Any) -> FusionStream:
+        """Iterate over accepted segments as they are accepted; ``.result`` holds the final result."""
+        return FusionStream(self._request(messages, overrides))
+
+    def astream(self, messages: Sequence[Mapping[str, Any]], **overrides: Any) -> AsyncFusionStream:
+        """Async twin of :meth:`stream`."""
+        return AsyncFusionStream(self._request(messages, overrides))
+
+    def generate(self, messages: Sequence[Mapping[str, Any]], **overrides: Any) -> FusionResult:
+        """Answer a chat request. ``overrides`` are :class:`FusionConfig` fields for this call only."""
+        stream = self.stream(messages, **overrides)
+        for _ in stream:
+            pass
+        return stream.result
+
+    async def agenerate(self, messages: Sequence[Mapping[str, Any]], **overrides: Any) -> FusionResult:
+        """Async twin of :meth:`generate`."""
+        stream = self.astream(messages, **overrides)
+        async for _ in stream:
+            pass
+        return stream.result
+
+
+class _StreamBase:
+    def __init__(self, request: _Request) -> None:
+        self._request = request
+        self._events = request.events()
+
+    @property
+    def result(self) -> FusionResult:
+        """The final result; available once the stream is exhausted."""
+        if self._request.result is None:
+            raise RuntimeError("the stream has not finished yet")
+        return self._request.result
+
+
+class FusionStream(_StreamBase, Iterator[SegmentEvent]):
+    """Synchronous iterator of :class:`SegmentEvent`; works inside a running event loop too."""
+
+    def __iter__(self) -> FusionStream:
+        return self
+
+    def __next__(self) -> SegmentEvent:
+        try:
+            return run_sync(self._events.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Stop the request early and release its caches."""
+        run_sync(self._events.aclose())
+
+    def __enter__(self) -> FusionStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncFusionStream(_StreamBase):
+    """Asynchronous iterator of :class:`SegmentEvent`."""
+
+    def __aiter__(self) -> AsyncFusionStream:
+        return self
+
+    async def __anext__(self) -> SegmentEvent:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the request early and release its caches."""
+        await self._events.aclose()
+
+    async def __aenter__(self) -> AsyncFusionStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _uniform_weights(members: Sequence[Member]) -> dict[str, float]:
+    scorers = [m.name for m in members if m.can_score]
+    return {name: 1.0 / len(scorers) for name in scorers}
+
+
+@dataclass
+class _Proposal:
+    """A candidate under construction: merged identical drafts, in member order."""
+
+    text: str
+    ends: bool
+    drafters: list[str] = field(default_factory=list)
+
+
+class _Request:
+    """One request: member sessions, the accepted text and the per-request policy state."""
+
+    def __init__(self, ensemble: Ensemble, messages: list[dict[str, str]], config: FusionConfig) -> None:
+        self.ensemble = ensemble
+        self.messages = messages
+        self.config = config
+        self.order = {m.name: i for i, m in enumerate(ensemble.members)}
+        self.active: list[Member] = []
+        self.sessions: dict[str, MemberSession] = {}
+        self.usage: dict[str, MemberUsage] = {m.name: MemberUsage() for m in ensemble.members}
+        self.text = ""
+        self.round = 0
+        self.verified_rounds = 0
+        self.quality: dict[str, float] = {m.name: 0.0 for m in ensemble.members if m.can_draft}
+        self.weights = dict(ensemble.weights) if config.keep_weights else _uniform_weights(ensemble.members)
+        self.exits: list[MemberExit] = []
+        self.trace: list[SegmentEvent] = []
+        self.result: FusionResult | None = None
+        self._pending_exits: list[MemberExit] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[SegmentEvent]:
+        try:
+            await self._open()
+            finish: FinishReason | None = None
+            while finish is None:
+                event = await self._round()
+                self.trace.append(event)
+                finish = event.finish_reason
+                yield event
+            self._finish(finish)
+        finally:
+            await self._close()
+
+    async def _open(self) -> None:
+        seed = self.config.seed
+
+        def opener(member: Member) -> Callable[[], Awaitable[MemberSession]]:
+            member_seed = None if seed is None else seed + self.order[member.name]
+            return lambda: member.open_session(self.messages, cache=self.config.cache, seed=member_seed)
+
+        self.active = list(self.ensemble.members)
+        opened = await self._call_all(self.active, opener, kind=None, calls=[])
+        self.sessions = dict(opened)
+        self._require_roles()
+
+    async def _close(self) -> None:
+        for session in self.sessions.values():
+            await session.aclose()
+
+    def _finish(self, finish: FinishReason) -> None:
+        for name, session in self.sessions.items():
+            self.usage[name] = _copy_usage(session.usage)
+        self.result = FusionResult(
+            text=self.text,
+            finish_reason=finish,
+            trace=tuple(self.trace),
+            usage=self.usage,
+            exits=tuple(self.exits),
+            output_tokens=self._output_tokens(self.text),
+            members=tuple(m.name for m in self.ensemble.members),
+        )
+        if self.config.keep_weights and self.config.weights:
+            self.ensemble.weights = dict(self.weights)
+
+    # -- member calls and exits -----------------------------------------------------------------
+
+    def _exit(self, name: str, reason: str, p: float | None = None, entropy: float | None = None) -> None:
+        self.active = [m for m in self.active if m.name != name]
+        session = self.sessions.get(name)
+        if session is not None:
+            self.usage[name] = _copy_usage(session.usage)
+        record = MemberExit(round=self.round, member=name, reason=reason, p=p, entropy=entropy)
+        self.exits.append(record)
+        self._pending_exits.append(record)
+
+    async def _call_all(
+        self,
+        members: Sequence[Member],
+        make_call: Callable[[Member], Callable[[], Awaitable[T]]],
+        *,
+        kind: str | None,
+        calls: list[MemberCall],
+    ) -> list[tuple[str, T]]:
+        """Run one call per member concurrently. A member whose call fails exits with the reason."""
+
+        async def timed(member: Member) -> tuple[float, T]:
+            start = time.perf_counter()
+            value = await make_call(member)()
+            return time.perf_counter() - start, value
+
+        outcomes = await asyncio.gather(*(timed(m) for m in members), return_exceptions=True)
+        results: list[tuple[str, T]] = []
+        for member, outcome in zip(members, outcomes):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                prefix = "context window full" if isinstance(outcome, ContextWindowFull) else type(outcome).__name__
+                self._exit(member.name, f"{prefix}: {outcome}")
+                continue
+            seconds, value = outcome
+            if kind is not None:
+                tokens = value.tokens if isinstance(value, Draft) else 0
+                calls.append(MemberCall(member.name, kind, tokens, round(seconds, 6)))  # type: ignore[arg-type]
+            results.append((member.name, value))
+        return results
+
+    def _require_roles(self) -> None:
+        failures = "; ".join(f"{x.member}: {x.reason}" for x in self.exits) or "none"
+        if not any(m.can_draft for m in self.active):
+            raise NoActiveMembersError(f"no drafter left in the ensemble (exits: {failures})")
+        if not any(m.can_score for m in self.active) and sum(m.can_draft for m in self.active) > 1:
+            raise NoActiveMembersError(f"no scorer left in the ensemble (exits: {failures})")
+
+    def _output_tokens(self, text: str) -> int:
+        return self._counter().count_tokens(text)
+
+    def _counter(self) -> MemberSession:
+        """The session whose tokenizer counts the budget: the first member's, while it is open."""
+        for member in self.ensemble.members:
+            if member.name in self.sessions:
+                return self.sessions[member.name]
+        raise NoActiveMembersError("no member session is open")
+
+    # -- one round ------------------------------------------------------------------------------
+
+    async def _round(self) -> SegmentEvent:
+        config = self.config
+        self.round += 1
+        round_start = time.perf_counter()
+        calls: list[MemberCall] = []
+        drafters = [m for m in self.active if m.can_draft]
+        solo = len(drafters) == 1
+        budget = max(1, min(config.segment_tokens, config.max_tokens - self._output_tokens(self.text)))
+        sampling = SamplingParams(config.draft_temperature, config.draft_top_p, None, config.stop)
+
+        def drafting(member: Member) -> Callable[[], Awaitable[Draft]]:
+            return lambda: self.sessions[member.name].draft(budget, sampling)
+
+        drafts = await self._call_all(drafters, drafting, kind="draft", calls=calls)
+        self._require_roles()
+        draft_s = time.perf_counter() - round_start
+        proposals = self._proposals(drafts, trim=not solo)
+
+        scorer_names: list[str] = []
+        matrix: list[list[float | None]] = []
+        totals = [1.0] * len(proposals)
+        winner = 0
+        verify_start = time.perf_counter()
+        if len(proposals) > 1:
+            scorer_names, matrix = await self._verify(proposals, calls)
+            totals, winner = self._select(proposals, scorer_names, matrix)
+        verify_s = time.perf_counter() - verify_start
+
+        weights_used = dict(self.weights)
+        if len(proposals) > 1:
+            self.verified_rounds += 1
+            self._update_policies(proposals, scorer_names, matrix, totals)
+        accepted, finish = self._broadcast(proposals[winner] if proposals else None)
+        exits, self._pending_exits = tuple(self._pending_exits), []
+        return SegmentEvent(
+            round=self.round,
+            text=accepted,
+            winners=tuple(proposals[winner].drafters) if proposals else (),
+            candidates=tuple(Candidate(p.text, p.ends, tuple(p.drafters)) for p in proposals),
+            scorers=tuple(scorer_names),
+            scores=tuple(tuple(row) for row in matrix),
+            totals=tuple(totals),
+            weights=weights_used,
+            active=tuple(m.name for m in self.active),
+            exits=exits,
+            calls=tuple(calls),
+            timings=Timings(round(draft_s, 6), round(verify_s, 6), round(time.perf_counter() - round_start, 6)),
+            consensus=len(proposals) == 1,
+            solo=solo,
+            finish_reason=finish,
+        )
+
+    def _proposals(self, drafts: list[tuple[str, Draft]], *, trim: bool) -> list[_Proposal]:
+        """Segment boundaries (§3.2) and merging of identical drafts (§3.3)."""
+        proposals: dict[tuple[str, bool], _Proposal] = {}
+        for name, draft in drafts:
+            text = trim_to_word_boundary(draft.text) if trim and draft.hit_budget else draft.text
+            if not text and not draft.ended:
+                continue
+            proposals.setdefault((text, draft.ended), _Proposal(text, draft.ended)).drafters.append(name)
+        return list(proposals.values())
+
+    async def _verify(
+        self, proposals: list[_Proposal], calls: list[MemberCall]
+    ) -> tuple[list[str], list[list[float | None]]]:
+        """Every active scorer scores every candidate: the raw matrix ``s_j(i)``."""
+        pairs = [(p.text, p.ends) for p in proposals]
+        scorers = [m for m in self.active if m.can_score]
+
+        def scoring_call(member: Member) -> Callable[[], Awaitable[list[Any]]]:
+            return lambda: self.sessions[member.name].score(pairs)
+
+        scored = await self._call_all(scorers, scoring_call, kind="score", calls=calls)
+        if not scored:
+            self._require_roles()
+            raise NoActiveMembersError(f"every scorer failed in round {self.round}")
+        mode = self.config.score_mode
+        names = [name for name, _ in scored]
+        matrix: list[list[float | None]] = [
+            [scoring.candidate_score(ts.logprobs, ts.logits, mode) for ts in token_scores] for _, token_scores in scored
+        ]
+        return names, matrix
+
+    def _select(
+        self, proposals: list[_Proposal], scorer_names: list[str], matrix: list[list[float | None]]
+    ) -> tuple[list[float], int]:
+        """Normalise per scorer, aggregate with the weights, pick the winner (§3.5–3.6)."""
+        config = self.config
+        proposed = [[name in p.drafters for p in proposals] for name in scorer_names]
+        voting = scoring.exclude_self_scores(matrix, proposed) if config.exclude_self_scores else matrix
+        normalized = scoring.normalize_matrix(
+            voting, config.normalize, mode=config.score_mode, temperature=config.softmax_temperature
+        )
+        raw_weights = [self.weights.get(name, 0.0) for name in scorer_names]
+        total_weight = sum(raw_weights) or 1.0
+        totals = scoring.aggregate(normalized, [w / total_weight for w in raw_weights])
+        self_scores = []
+        for i, proposal in enumerate(proposals):
+            own = [matrix[j][i] for j, name in enumerate(scorer_names) if name in proposal.drafters]
+            values = [s for s in own if s is not None]
+            self_scores.append(sum(values) / len(values) if values else float("-inf"))
+        first_drafter = [min(self.order[name] for name in p.drafters) for p in proposals]
+        return totals, scoring.select_winner(totals, self_scores, first_drafter)
+
+    def _update_policies(
+        self, proposals: list[_Proposal], scorer_names: list[str], matrix: list[list[float | None]], totals: list[float]
+    ) -> None:
+        config = self.config
+        for proposal, total in zip(proposals, totals):
+            for name in proposal.drafters:
+                self.quality[name] = self.quality.get(name, 0.0) + total
+        if config.weights and len(scorer_names) > 1:
+            columns = [[i for i, p in enumerate(proposals) if name in p.drafters] for name in scorer_names]
+            rewards = policies.hedge_rewards(matrix, columns)
+            eta = policies.hedge_learning_rate(
+                config.weights_eta0, len(scorer_names), self.verified_rounds, config.weights_schedule
+            )
+            updated = policies.hedge_update([self.weights[n] for n in scorer_names], rewards, eta)
+            share = sum(self.weights[n] for n in scorer_names)
+            for name, w in zip(scorer_names, updated):
+                self.weights[name] = w * share
+        if config.exit:
+            candidates = [m.name for m in self.active if m.can_draft]
+            decision = policies.decide_exits(
+                [self.quality[n] for n in candidates],
+                self.verified_rounds,
+                min_rounds=config.exit_min_rounds,
+                temperature=config.exit_temperature,
+                entropy_threshold=config.exit_entropy,
+                share=config.exit_share,
+            )
+            for i in decision.exiting:
+                self._exit(candidates[i], "low cumulative score", p=decision.p[i], entropy=decision.entropy)
+
+    def _broadcast(self, proposal: _Proposal | None) -> tuple[str, FinishReason | None]:
+        """Append the winner, apply stop strings and the token budget, sync every session (§3.7)."""
+        before = self.text
+        if proposal is None:  # every drafter returned nothing: there is nothing more to say
+            return "", "stop"
+        text = before + proposal.text
+        finish: FinishReason | None = "stop" if proposal.ends else None
+        stop_at = find_stop(text, self.config.stop, len(before))
+        if stop_at is not None:
+            text, finish = text[:stop_at], "stop"
+        if finish is None and self._output_tokens(text) >= self.config.max_tokens:
+            text, finish = self._counter().truncate_to_tokens(text, self.config.max_tokens), "length"
+        if finish is None and self.round >= self.config.max_tokens:
+            finish = "length"  # a round adds at least one token, unless tokens merge across segments forever
+        self.text = text
+        for member in self.active:
+            self.sessions[member.name].accept(text)
+        return text[len(before) :], finish
+
+
+def _copy_usage(usage: MemberUsage) -> MemberUsage:
+    return MemberUsage(usage.prompt_tokens, usage.generated_tokens, usage.scored_tokens, usage.calls)

@@ -1,0 +1,419 @@
+"""`HFMember`: a local Hugging Face transformers model as an ensemble member.
+
+Per request an :class:`HFSession` keeps the canonical ids ``template(messages) + tokenize(R)`` and a
+KV cache that lives across rounds (algorithm.md §2, §7):
+
+- new accepted text rolls the cache back to the longest common prefix and feeds only the rest;
+- all candidates are scored in one batched pass over a copy of the cached prefix, and the batch
+  cache is kept so that, whichever candidate wins, its keys and values need not be computed again;
+- a drafter's score of its own draft reuses the log-probabilities it recorded while drafting.
+
+With ``cache=False`` every draft and every scoring pass re-reads the whole context instead, the way
+the reference code does (the baseline of ``benchmarks/rounds.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+
+from . import kv_cache
+from .errors import ConfigError, ModelLoadError
+from .member import ContextWindowFull, Draft, Role, SamplingParams, TokenScores, role_flags
+from .messages import Message
+from .segments import common_prefix_length
+from .trace import MemberUsage
+
+T = TypeVar("T")
+
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}User: {{ message['content'] }}\n"
+    "{% else %}Assistant: {{ message['content'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+"""The prompt template of a member whose tokenizer has no chat template (override with ``chat_template=``)."""
+
+_executors: dict[str, ThreadPoolExecutor] = {}
+_executors_lock = threading.Lock()
+
+
+def device_executor(device_key: str) -> ThreadPoolExecutor:
+    """One worker thread per device: members on the same device take turns (they would only fight
+    over its cores or memory bandwidth), members on different devices run concurrently."""
+    with _executors_lock:
+        if device_key not in _executors:
+            _executors[device_key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"specfuse-{device_key}")
+        return _executors[device_key]
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def _parse_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
+    value = getattr(torch, aliases.get(dtype, dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return value
+
+
+class HFMember:
+    """A local transformers causal LM.
+
+    ``model`` is a local directory, a Hugging Face Hub id, a ``.gguf`` file, a preset name (see
+    :data:`specfuse_core.presets.PRESETS`) or an already loaded ``PreTrainedModel`` (then pass
+    ``tokenizer``). ``role`` is ``"both"`` (default), ``"draft"`` or ``"score"``.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | Any,
+        *,
+        tokenizer: Any = None,
+        name: str | None = None,
+        role: Role = "both",
+        gguf_file: str | None = None,
+        device: str | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        dtype: str | torch.dtype | None = None,
+        chat_template: str | None = None,
+        context_window: int | None = None,
+    ) -> None:
+        self.role: Role = role
+        self._can_draft, self._can_score = role_flags(role)
+        if device is not None and device_map is not None:
+            raise ConfigError("pass either device or device_map, not both")
+        wanted_device = device or ("cuda" if device_map is None and torch.cuda.is_available() else "cpu")
+        if isinstance(model, (str, os.PathLike)):
+            from .loading import load_model_and_tokenizer
+
+            self.source = str(model)
+            self.name = name or _name_from_source(self.source, gguf_file)
+            self.model, self.tokenizer = load_model_and_tokenizer(
+                self.source,
+                gguf_file=gguf_file,
+                dtype=_parse_dtype(dtype, wanted_device),
+                device=None if device_map is not None else wanted_device,
+                device_map=device_map,
+            )
+        else:
+            if tokenizer is None:
+                raise ConfigError("a model object needs its tokenizer: HFMember(model, tokenizer=...)")
+            self.source = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+            self.name = name or _name_from_source(self.source, None)
+            self.model, self.tokenizer = model, tokenizer
+        self.model.eval()
+        self.device = next(self.model.parameters()).device
+        self._executor_key = str(self.device) if device_map is None else f"map:{id(self.model)}"
+        if chat_template is not None:
+            self.tokenizer.chat_template = chat_template
+        self.uses_plain_template = not getattr(self.tokenizer, "chat_template", None)
+        self.chat_template = self.tokenizer.chat_template or PLAIN_TEMPLATE
+        self._context_window = context_window or _model_context_window(self.model)
+        self.end_of_turn_id = _find_end_of_turn(self.tokenizer, self.chat_template, self.uses_plain_template)
+        self.stop_token_ids = _stop_token_ids(self.model, self.tokenizer, self.end_of_turn_id)
+
+    @property
+    def can_draft(self) -> bool:
+        return self._can_draft
+
+    @property
+    def can_score(self) -> bool:
+        return self._can_score
+
+    @property
+    def context_window(self) -> int | None:
+        return self._context_window
+
+    def __repr__(self) -> str:
+        return f"HFMember(name={self.name!r}, role={self.role!r}, device={str(self.device)!r})"
+
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
+        """Token ids of the rendered chat template with the assistant generation prompt."""
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
+        )
+        return list(self.tokenizer.encode(text, add_special_tokens=self.uses_plain_template))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run blocking model work on this member's device thread."""
+        return await asyncio.get_running_loop().run_in_executor(device_executor(self._executor_key), fn)
+
+    async def open_session(self, messages: list[Message], *, cache: bool = True, seed: int | None = None) -> HFSession:
+        prompt = await self.run(lambda: self.prompt_ids(messages))
+        return HFSession(self, prompt, use_cache=cache, seed=seed)
+
+
+@dataclass
+class _OwnDraft:
+    """What a drafter recorded while drafting: its tokens and their scores, after ``base_ids``."""
+
+    base_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    logits: list[float]
+
+
+@dataclass
+class _ScoredBatch:
+    cache: Any
+    row_ids: list[list[int]]
+
+
+class HFSession:
+    """One request's state in an :class:`HFMember` (see the module docstring)."""
+
+    def __init__(self, member: HFMember, prompt_ids: list[int], *, use_cache: bool, seed: int | None) -> None:
+        self.member = member
+        self.use_cache = use_cache
+        self.prompt_ids = prompt_ids
+        self.accepted_text = ""
+        self.ids: list[int] = list(prompt_ids)
+        self.usage = MemberUsage(prompt_tokens=len(prompt_ids))
+        self._cache: Any = None
+        self._cached_ids: list[int] = []
+        self._scored: _ScoredBatch | None = None
+        self._own: _OwnDraft | None = None
+        self._generator = torch.Generator(device="cpu")
+        if seed is not None:
+            self._generator.manual_seed(seed)
+        else:
+            self._generator.seed()
+
+    # -- the MemberSession protocol -------------------------------------------------------------
+
+    async def draft(self, max_new_tokens: int, sampling: SamplingParams) -> Draft:
+        return await self.member.run(lambda: self._draft(max_new_tokens, sampling))
+
+    async def score(self, candidates: Sequence[tuple[str, bool]]) -> list[TokenScores]:
+        return await self.member.run(lambda: self._score(candidates))
+
+    def accept(self, accepted_text: str) -> None:
+        self.accepted_text = accepted_text
+        self.ids = self.prompt_ids + self.member.encode(accepted_text)
+        if self._scored is not None and self.use_cache:
+            rows = self._scored.row_ids
+            best_row = max(range(len(rows)), key=lambda r: common_prefix_length(rows[r], self.ids))
+            reach = common_prefix_length(rows[best_row], self.ids)
+            if reach > common_prefix_length(self._cached_ids, self.ids):
+                self._cache = kv_cache.select_row(self._scored.cache, best_row, reach)
+                self._cached_ids = self.ids[:reach]
+        self._scored = None
+        self._own = None
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.member.encode(text))
+
+    def truncate_to_tokens(self, text: str, max_tokens: int) -> str:
+        ids = self.member.encode(text)
+        return text if len(ids) <= max_tokens else self.member.decode(ids[:max_tokens])
+
+    async def aclose(self) -> None:
+        self._cache = None
+        self._cached_ids = []
+        self._scored = None
+        self._own = None
+
+    # -- model work (runs on the member's device thread) ------------------------------------------
+
+    def _check_room(self, extra_tokens: int) -> None:
+        window = self.member.context_window
+        if window is not None and len(self.ids) + extra_tokens > window:
+            raise ContextWindowFull(f"context window of {window} tokens is full ({len(self.ids)} in use)")
+
+    @torch.inference_mode()
+    def _forward(self, input_ids: list[list[int]], cache: Any, logits_to_keep: int) -> tuple[torch.Tensor, Any]:
+        tensor = torch.tensor(input_ids, dtype=torch.long, device=self.member.device)
+        return kv_cache.forward_with_cache(self.member.model, tensor, cache, logits_to_keep)
+
+    def _prefill(self, target: list[int]) -> torch.Tensor:
+        """Make the cache hold ``target`` and return the logits that predict the token after it."""
+        keep = min(common_prefix_length(self._cached_ids, target), len(target) - 1) if self.use_cache else 0
+        if keep == 0 or self._cache is None:
+            self._cache, keep = kv_cache.new_cache(), 0
+        else:
+            kv_cache.crop(self._cache, keep)
+        logits, self._cache = self._forward([target[keep:]], self._cache, logits_to_keep=1)
+        self._cached_ids = list(target)
+        return logits[0, -1].float()
+
+    def _draft(self, max_new_tokens: int, sampling: SamplingParams) -> Draft:
+        self._check_room(max_new_tokens)
+        member = self.member
+        logits = self._prefill(self.ids)
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        raw_logits: list[float] = []
+        ended = False
+        for step in range(max_new_tokens):
+            token = _sample(logits, sampling, self._generator)
+            logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
+            raw_logits.append(float(logits[token]))
+            tokens.append(token)
+            if token in member.stop_token_ids:
+                ended = True
+                break
+            if sampling.stop and any(s in member.decode(tokens) for s in sampling.stop):
+                break
+            if step + 1 < max_new_tokens:
+                step_logits, self._cache = self._forward([[token]], self._cache, logits_to_keep=1)
+                self._cached_ids.append(token)
+                logits = step_logits[0, -1].float()
+        text_tokens = _drop_incomplete_characters(member, tokens[:-1] if ended else tokens)
+        text = member.decode(text_tokens)
+        self.usage.generated_tokens += len(tokens)
+        self.usage.calls += 1
+        self._own = _OwnDraft(list(self.ids), tokens, logprobs, raw_logits)
+        return Draft(text=text, ended=ended, hit_budget=not ended and len(tokens) == max_new_tokens, tokens=len(tokens))
+
+    def _candidate_ids(self, text: str, ends: bool) -> list[int]:
+        ids = self.prompt_ids + self.member.encode(self.accepted_text + text)
+        return ids + [self.member.end_of_turn_id] if ends else ids
+
+    def _reused_own_scores(self, full: list[int], start: int) -> TokenScores | None:
+        """Scores are causal, so any candidate whose tokens are a prefix of this member's own draft
+        (its whole draft, or the draft trimmed at a word boundary) was already scored while drafting."""
+        own = self._own
+        if own is None or own.base_ids != self.ids or start != len(self.ids):
+            return None
+        n = len(full) - start
+        if n > len(own.token_ids) or full[start:] != own.token_ids[:n]:
+            return None
+        return TokenScores(own.logprobs[:n], own.logits[:n])
+
+    def _score(self, candidates: Sequence[tuple[str, bool]]) -> list[TokenScores]:
+        self._check_room(max((self.count_tokens(t) for t, _ in candidates), default=0) + 1)
+        results: list[TokenScores | None] = [None] * len(candidates)
+        rows: list[tuple[int, list[int], int]] = []
+        for index, (text, ends) in enumerate(candidates):
+            full = self._candidate_ids(text, ends)
+            start = max(1, min(common_prefix_length(self.ids, full), len(full) - 1))
+            reused = self._reused_own_scores(full, start)
+            if reused is not None:
+                results[index] = reused
+            else:
+                rows.append((index, full, start))
+            self.usage.scored_tokens += len(full) - start
+        if rows:
+            self._score_rows(rows, results)
+        self.usage.calls += 1
+        return [r for r in results if r is not None]
+
+    def _score_rows(self, rows: list[tuple[int, list[int], int]], results: list[TokenScores | None]) -> None:
+        """One batched forward pass over all rows, on top of a shared copy of the cached prefix."""
+        first_start = min(start for _, _, start in rows)
+        keep = 0
+        if self.use_cache and self._cache is not None:
+            keep = max(0, min(first_start - 1, common_prefix_length(self._cached_ids, self.ids)))
+        prefix = kv_cache.expanded_prefix(self._cache, keep, len(rows)) if keep > 0 else kv_cache.new_cache()
+        suffixes = [full[keep:] for _, full, _ in rows]
+        width = max(len(s) for s in suffixes)
+        pad = self.member.tokenizer.pad_token_id or 0
+        # Right padding needs no attention mask: causal attention never looks ahead at the pads.
+        batch = [s + [pad] * (width - len(s)) for s in suffixes]
+        logits_to_keep = width - (first_start - 1 - keep)
+        batch_logits, batch_cache = self._forward(batch, prefix, logits_to_keep=logits_to_keep)
+        offset = width - logits_to_keep
+        logits = batch_logits.float()
+        for b, (index, full, start) in enumerate(rows):
+            positions = torch.arange(start - 1 - keep, len(full) - 1 - keep) - offset
+            targets = torch.tensor(full[start:], device=logits.device)
+            row_logits = logits[b, positions]
+            chosen = row_logits.gather(-1, targets[:, None])[:, 0]
+            logprobs = chosen - torch.logsumexp(row_logits, dim=-1)
+            results[index] = TokenScores(logprobs.tolist(), chosen.tolist())
+        if self.use_cache:
+            self._scored = _ScoredBatch(batch_cache, [full for _, full, _ in rows])
+
+
+def _sample(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> int:
+    if sampling.greedy:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / sampling.temperature, dim=-1).cpu()
+    if sampling.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        outside = cumulative - sorted_probs >= sampling.top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _drop_incomplete_characters(member: HFMember, tokens: list[int]) -> list[int]:
+    """Byte-level tokenizers can stop inside a multi-byte character; leave it for the next round."""
+    trimmed = list(tokens)
+    for _ in range(3):
+        if not trimmed or not member.decode(trimmed).endswith("\ufffd"):
+            break
+        trimmed.pop()
+    return trimmed or tokens
+
+
+def _name_from_source(source: str, gguf_file: str | None) -> str:
+    base = gguf_file or source.rstrip("/\\")
+    name = Path(base).name or base
+    for suffix in (".gguf",):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def _model_context_window(model: Any) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def _find_end_of_turn(tokenizer: Any, template: str, plain: bool) -> int:
+    """The token that closes an assistant turn in this member's chat format."""
+    if not plain:
+        marker = "SPECFUSEMARKER"
+        try:
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+                chat_template=template,
+                tokenize=False,
+            )
+            after = rendered[rendered.index(marker) + len(marker) :]
+            for token_id in tokenizer.encode(after, add_special_tokens=False):
+                if token_id in set(tokenizer.all_special_ids):
+                    return int(token_id)
+        except Exception:  # noqa: BLE001 - templates may reject this probe; fall back to EOS below
+            pass
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError("the tokenizer has neither an end-of-turn token in its chat template nor an EOS token")
+    return int(tokenizer.eos_token_id)
+
+
+def _stop_token_ids(model: Any, tokenizer: Any, end_of_turn_id: int) -> frozenset[int]:
+    ids = {end_of_turn_id}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(x) for x in configured)
+    return frozenset(ids)

@@ -1,0 +1,135 @@
+"""What a caller sees: per-segment events, the final result, usage and exits (algorithm.md §6)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length"]
+CallKind = Literal["draft", "score", "advance", "finish"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A proposed segment. ``ends`` means it also ends the response; ``drafters`` proposed it."""
+
+    text: str
+    ends: bool
+    drafters: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MemberCall:
+    """One call a member made in a round: a draft, a scoring pass or a solo finish."""
+
+    member: str
+    kind: CallKind
+    tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class MemberExit:
+    """A member left the request. ``p`` and ``entropy`` are set for policy exits."""
+
+    round: int
+    member: str
+    reason: str
+    p: float | None = None
+    entropy: float | None = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    draft_s: float
+    verify_s: float
+    round_s: float
+
+
+@dataclass(frozen=True)
+class SegmentEvent:
+    """One accepted segment, with everything that led to it.
+
+    ``scores[j][i]`` is scorer ``scorers[j]``'s raw score of ``candidates[i]`` (``None``: not voted);
+    ``totals[i]`` is the aggregated score. On a consensus round ``scorers`` is empty.
+    ``finish_reason`` is set on the last event of a request.
+    """
+
+    round: int
+    text: str
+    winners: tuple[str, ...]
+    candidates: tuple[Candidate, ...]
+    scorers: tuple[str, ...]
+    scores: tuple[tuple[float | None, ...], ...]
+    totals: tuple[float, ...]
+    weights: dict[str, float]
+    active: tuple[str, ...]
+    exits: tuple[MemberExit, ...]
+    calls: tuple[MemberCall, ...]
+    timings: Timings
+    consensus: bool = False
+    solo: bool = False
+    finish_reason: FinishReason | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class MemberUsage:
+    """Token and call counts of one member over one request."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    scored_tokens: int = 0
+    calls: int = 0
+
+    def add(self, other: MemberUsage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.generated_tokens += other.generated_tokens
+        self.scored_tokens += other.scored_tokens
+        self.calls += other.calls
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    """The answer of one request: text, finish reason, the trace of every round and usage per member."""
+
+    text: str
+    finish_reason: FinishReason
+    trace: tuple[SegmentEvent, ...]
+    usage: dict[str, MemberUsage]
+    exits: tuple[MemberExit, ...] = ()
+    output_tokens: int = 0
+    members: tuple[str, ...] = field(default=())
+
+    @property
+    def rounds(self) -> int:
+        return len(self.trace)
+
+    def summary(self) -> dict[str, Any]:
+        """A compact, JSON-ready digest: rounds, wins per member, calls per round, exits."""
+        wins = {name: 0 for name in self.members}
+        for event in self.trace:
+            for name in event.winners:
+                wins[name] = wins.get(name, 0) + 1
+        calls = sum(1 for e in self.trace for c in e.calls if c.kind in ("draft", "score"))
+        return {
+            "rounds": self.rounds,
+            "wins": wins,
+            "calls_per_round": round(calls / self.rounds, 3) if self.rounds else 0.0,
+            "exited": [dataclasses.asdict(x) for x in self.exits],
+            "finish_reason": self.finish_reason,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "trace": [e.to_dict() for e in self.trace],
+            "usage": {k: dataclasses.asdict(v) for k, v in self.usage.items()},
+            "exits": [dataclasses.asdict(x) for x in self.exits],
+            "output_tokens": self.output_tokens,
+            "summary": self.summary(),
+        }

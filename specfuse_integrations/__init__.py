@@ -1,0 +1,1 @@
+"""Thin adapters that put a specfuse ensemble behind LangChain and LlamaIndex interfaces."""

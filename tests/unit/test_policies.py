@@ -1,0 +1,52 @@
+"""Model exit and Hedge weights against hand-computed examples (algorithm.md §4–5)."""
+
+import math
+
+import pytest
+
+from specfuse_core import policies
+
+
+def test_no_exit_before_min_rounds():
+    decision = policies.decide_exits([5.0, 0.0], 2, min_rounds=3, temperature=1.0, entropy_threshold=0.6, share=0.5)
+    assert decision.exiting == []
+
+
+def test_clear_loser_exits_after_min_rounds():
+    decision = policies.decide_exits([5.0, 0.0], 3, min_rounds=3, temperature=1.0, entropy_threshold=0.6, share=0.5)
+    p_loser = 1 / (1 + math.exp(5.0))
+    assert decision.p[1] == pytest.approx(p_loser)
+    h = -(p_loser * math.log(p_loser) + (1 - p_loser) * math.log(1 - p_loser)) / math.log(2)
+    assert decision.entropy == pytest.approx(h)
+    assert decision.exiting == [1]
+
+
+def test_balanced_members_stay():
+    decision = policies.decide_exits([2.0, 1.9], 10, min_rounds=3, temperature=1.0, entropy_threshold=0.6, share=0.5)
+    assert decision.entropy > 0.6 and decision.exiting == []
+
+
+def test_leader_never_exits_even_with_extreme_settings():
+    decision = policies.decide_exits([1.0, 1.0], 10, min_rounds=1, temperature=1.0, entropy_threshold=1.0, share=1.0)
+    assert 0 not in decision.exiting  # on a tie the earlier member leads
+
+
+def test_hedge_rewards_by_hand():
+    # Scorers/members 0,1,2; member i proposed candidate i.
+    raw = [[0.9, 0.1, 0.5], [0.2, 0.8, 0.4], [0.6, 0.6, 0.3]]
+    rewards = policies.hedge_rewards(raw, [[0], [1], [2]])
+    # member 0: scorer 1 ranks cand0 (0.2) vs cand1 (0.8) no, vs cand2 (0.4) no; scorer 2: 0.6>=0.6 yes, 0.6>=0.3 yes
+    assert rewards[0] == pytest.approx(2 / 4)
+    # member 1: scorer 0: 0.1>=0.9 no, 0.1>=0.5 no; scorer 2: 0.6>=0.6 yes, 0.6>=0.3 yes
+    assert rewards[1] == pytest.approx(2 / 4)
+    # member 2: scorer 0: 0.5>=0.9 no, 0.5>=0.1 yes; scorer 1: 0.4>=0.2 yes, 0.4>=0.8 no
+    assert rewards[2] == pytest.approx(2 / 4)
+
+
+def test_hedge_update_and_schedules():
+    eta = policies.hedge_learning_rate(1.0, 4, 2, "1/t")
+    assert eta == pytest.approx(1.0 / 2 / 2)
+    assert policies.hedge_learning_rate(1.0, 4, 4, "1/sqrt(t)") == pytest.approx(1.0 / 2 / 2)
+    w = policies.hedge_update([0.5, 0.5], [1.0, 0.0], 0.25)
+    assert w[0] == pytest.approx(math.exp(0.25) / (math.exp(0.25) + 1))
+    assert sum(w) == pytest.approx(1.0)
