@@ -12,6 +12,9 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
+# llama-cpp-python (a dev extra) builds from source: a portable build, cached by pip afterwards.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
 # torch==2.13.0 first: that exact CPU wheel is on our machines' disk (no multi-GB CUDA download).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
