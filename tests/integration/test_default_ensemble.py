@@ -1,0 +1,43 @@
+"""The real default ensemble (SmolLM2-135M-Instruct + Qwen2.5-Coder-0.5B-Instruct), from the PyPI-built cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from specfuse_core import DEFAULT_MEMBERS, Ensemble, FusionConfig
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def ensemble() -> Ensemble:
+    return Ensemble.from_specs(DEFAULT_MEMBERS, FusionConfig(temperature=0, max_tokens=48))
+
+
+def test_capital_of_france(ensemble):
+    result = ensemble.generate(QUESTION)
+    assert "Paris" in result.text
+    assert result.finish_reason in ("stop", "length")
+    assert set(result.usage) == set(DEFAULT_MEMBERS)
+    assert all(u.prompt_tokens > 0 and u.calls > 0 for u in result.usage.values())
+
+
+def test_members_really_have_different_tokenizers(ensemble):
+    smol, qwen = ensemble.members
+    assert len(smol.tokenizer) != len(qwen.tokenizer)
+    assert smol.end_of_turn_id != qwen.end_of_turn_id
+
+
+def test_cache_and_no_cache_agree_on_a_longer_answer(ensemble):
+    messages = [{"role": "user", "content": "Explain in a few sentences why the sky is blue."}]
+    cached = ensemble.generate(messages, segment_tokens=6, max_tokens=40)
+    uncached = ensemble.generate(messages, segment_tokens=6, max_tokens=40, cache=False)
+    assert cached.rounds >= 3
+    assert any(not e.consensus for e in cached.trace), "needs competing candidates to mean anything"
+    assert cached.text == uncached.text
+    for x, y in zip(cached.trace, uncached.trace):
+        assert x.winners == y.winners
+        for row_x, row_y in zip(x.scores, y.scores):
+            assert row_x == pytest.approx(row_y, abs=1e-4)
