@@ -1,0 +1,587 @@
+"""LangChain adapter: a specfuse ensemble behind LangChain's ``BaseChatModel`` interface.
+
+>>> from specfuse_integrations.langchain import SpecFuseChatModel
+>>> llm = SpecFuseChatModel(temperature=0, max_tokens=64)        # the default ensemble
+>>> llm.invoke("What is the capital of France?").content
+
+This module is a thin translation layer: LangChain messages become ``{"role", "content"}`` dicts
+(validated by :func:`specfuse_core.messages.validate_messages`), options become
+:class:`specfuse_core.FusionConfig` overrides, and every accepted segment becomes one streamed
+``AIMessageChunk`` plus one ``specfuse_segment`` custom callback event. All fusion logic lives in
+``specfuse_core``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+try:
+    from langchain_core.callbacks import (
+        AsyncCallbackManager,
+        AsyncCallbackManagerForLLMRun,
+        BaseCallbackHandler,
+        BaseCallbackManager,
+        CallbackManager,
+        CallbackManagerForLLMRun,
+        adispatch_custom_event,
+        dispatch_custom_event,
+    )
+    from langchain_core.language_models import BaseChatModel, LangSmithParams
+    from langchain_core.messages import (
+        AIMessage,
+        AIMessageChunk,
+        BaseMessage,
+        ChatMessage,
+        FunctionMessage,
+        HumanMessage,
+        SystemMessage,
+        ToolMessage,
+    )
+    from langchain_core.messages.ai import UsageMetadata
+    from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+    from langchain_core.runnables import RunnableConfig, ensure_config
+    from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "specfuse_integrations.langchain needs the 'langchain' extra (langchain-core): "
+        "install it with  pip install 'specfuse[langchain]'"
+    ) from exc
+
+from specfuse_core import (
+    DEFAULT_MEMBERS,
+    ConfigError,
+    Ensemble,
+    FusionConfig,
+    FusionResult,
+    InvalidRequestError,
+    MemberError,
+    SegmentEvent,
+)
+
+__all__ = ["SEGMENT_EVENT", "ChatSpecFuse", "SpecFuseChatModel", "to_specfuse_messages"]
+
+SEGMENT_EVENT = "specfuse_segment"
+"""Name of the custom callback event dispatched once per accepted segment."""
+
+# SpecFuseChatModel field -> FusionConfig field. ``kv_cache`` because ``cache`` is LangChain's
+# own response-cache option on every language model.
+_FUSION_FIELDS: dict[str, str] = {
+    "temperature": "temperature",
+    "max_tokens": "max_tokens",
+    "top_p": "top_p",
+    "seed": "seed",
+    "segment_tokens": "segment_tokens",
+    "score_mode": "score_mode",
+    "normalize": "normalize",
+    "softmax_temperature": "softmax_temperature",
+    "exclude_self_scores": "exclude_self_scores",
+    "kv_cache": "cache",
+    "exit": "exit",
+    "exit_min_rounds": "exit_min_rounds",
+    "exit_temperature": "exit_temperature",
+    "exit_entropy": "exit_entropy",
+    "exit_share": "exit_share",
+    "weights": "weights",
+    "weights_eta0": "weights_eta0",
+    "weights_schedule": "weights_schedule",
+    "keep_weights": "keep_weights",
+}
+
+_ROLE_OF_TYPE = {"system": "system", "human": "user", "ai": "assistant"}
+
+
+def to_specfuse_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """Translate LangChain messages into specfuse ``{"role", "content"}`` dicts.
+
+    Content is passed through unchanged so that :func:`specfuse_core.messages.validate_messages`
+    rejects image, audio, file or tool blocks with an error that names the block type.
+    Tool messages, tool calls and unknown message types raise :class:`InvalidRequestError`.
+    """
+    converted: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        if isinstance(message, ToolMessage):
+            raise InvalidRequestError(
+                f"message {index}: ToolMessage is not supported; specfuse ensembles do not call tools"
+            )
+        if isinstance(message, FunctionMessage):
+            raise InvalidRequestError(f"message {index}: FunctionMessage is not supported; specfuse ensembles do not call tools")
+        if isinstance(message, AIMessage) and (message.tool_calls or message.invalid_tool_calls):
+            raise InvalidRequestError(
+                f"message {index}: AIMessage with tool_calls is not supported; specfuse ensembles do not call tools"
+            )
+        if isinstance(message, ChatMessage):
+            role = message.role
+        elif isinstance(message, (SystemMessage, HumanMessage, AIMessage)):
+            role = _ROLE_OF_TYPE[message.type]
+        else:
+            raise InvalidRequestError(
+                f"message {index}: unsupported message type {type(message).__name__}; "
+                "expected SystemMessage, HumanMessage, AIMessage or ChatMessage"
+            )
+        converted.append({"role": role, "content": message.content})
+    return converted
+
+
+def _name_of_spec(spec: str) -> str:
+    source = spec.strip().partition("::")[0].rstrip("/\\")
+    name = Path(source).name or source
+    return name[: -len(".gguf")] if name.endswith(".gguf") else name
+
+
+def _parse_model(model: str) -> list[str]:
+    """A per-call ``model``: member specs joined with ``+`` (``specfuse(a+b)`` is accepted too)."""
+    text = model.strip()
+    if text.startswith("specfuse(") and text.endswith(")"):
+        text = text[len("specfuse(") : -1]
+    specs = [s.strip() for s in text.split("+") if s.strip()]
+    if not specs:
+        raise ConfigError(f"model={model!r} names no member")
+    return specs
+
+
+class _RunCapture(BaseCallbackHandler):
+    """Learns the run id of a ``stream``/``astream`` call.
+
+    LangChain does not hand ``_stream``/``_astream`` their run manager, so without this the
+    per-segment custom events could not be attributed to the chat model's own run.
+    """
+
+    run_inline = True
+
+    def __init__(self, config: RunnableConfig) -> None:
+        self.config = config
+        self.run_id: Any = None
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any, **kwargs: Any) -> None:
+        if self.run_id is None:
+            self.run_id = run_id
+
+
+_CURRENT_RUN: contextvars.ContextVar[_RunCapture | None] = contextvars.ContextVar("specfuse_run", default=None)
+
+
+def _with_capture(config: RunnableConfig | None) -> tuple[RunnableConfig, _RunCapture]:
+    config = ensure_config(config)
+    capture = _RunCapture(config)
+    callbacks = config.get("callbacks")
+    if isinstance(callbacks, BaseCallbackManager):
+        callbacks = callbacks.copy()
+        callbacks.add_handler(capture, inherit=False)
+    else:
+        callbacks = [*(callbacks or []), capture]
+    return {**config, "callbacks": callbacks}, capture
+
+
+def _manager_config(
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun, manager_class: type
+) -> dict[str, Any]:
+    manager = manager_class(
+        handlers=run_manager.handlers,
+        inheritable_handlers=run_manager.inheritable_handlers,
+        parent_run_id=run_manager.run_id,
+        tags=run_manager.tags,
+        inheritable_tags=run_manager.inheritable_tags,
+        metadata=run_manager.metadata,
+        inheritable_metadata=run_manager.inheritable_metadata,
+    )
+    return {"callbacks": manager}
+
+
+class SpecFuseChatModel(BaseChatModel):
+    """A SpecFuse ensemble of several LLMs as a LangChain chat model.
+
+    Construction:
+
+    - ``SpecFuseChatModel()``: the default ensemble (:data:`specfuse_core.DEFAULT_MEMBERS`);
+    - ``SpecFuseChatModel(members=[...], segment_tokens=..., score_mode=..., ...)``: built from
+      member specs (preset names, directories, Hub ids, ``.gguf`` files);
+    - ``SpecFuseChatModel(ensemble=ens)``: wraps an :class:`~specfuse_core.Ensemble` you built.
+
+    Models load lazily on first use and are shared between instances with the same members, so
+    ``bind(...)`` and ``with_config(...)`` never load them again. Options left at ``None`` keep
+    the ensemble's :class:`~specfuse_core.FusionConfig` value. A per-call ``model="a+b"`` runs the
+    request on an ensemble of those member specs instead (loaded members are shared).
+
+    Streaming yields one ``AIMessageChunk`` per accepted segment; every segment also dispatches a
+    ``specfuse_segment`` custom callback event whose data is that segment's trace
+    (:meth:`specfuse_core.SegmentEvent.to_dict`), visible in ``astream_events``.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
+
+    members: list[str] | None = None
+    """Member specs; ``None`` means the default ensemble. Ignored when ``ensemble`` is given."""
+    ensemble: Any = Field(default=None, exclude=True)
+    """An already built :class:`specfuse_core.Ensemble` to wrap."""
+    member_options: dict[str, Any] = Field(default_factory=dict)
+    """Options for every member built from ``members`` (``device``, ``dtype``, ...)."""
+
+    # Standard LangChain parameters.
+    temperature: float | None = None
+    """Draft sampling temperature; ``0`` is greedy, ``None`` the SpecFuse default (0.6, top_p 0.9)."""
+    max_tokens: int | None = Field(default=None, alias="max_completion_tokens")
+    """Answer budget in the first member's tokens (``None``: ``FusionConfig`` default, 512)."""
+    top_p: float | None = None
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    """Stop strings: the answer is cut before the first one."""
+    timeout: float | None = None
+    """Seconds a request may take; checked after every segment, then ``TimeoutError``."""
+    max_retries: int = 2
+    """Retries of a request that failed with a member error before producing any text."""
+    streaming: bool = False
+    """Whether ``invoke`` streams internally (callbacks then see every segment as a token)."""
+    seed: int | None = None
+    api_key: SecretStr | None = None
+    """Unused by local members; accepted so code that always passes a key keeps working."""
+
+    # Fusion options (see FusionConfig); ``None`` keeps the ensemble's own value.
+    segment_tokens: int | None = None
+    score_mode: Literal["mean_prob", "mean_logprob", "mean_logit"] | None = None
+    normalize: Literal["sum", "softmax"] | None = None
+    softmax_temperature: float | None = None
+    exclude_self_scores: bool | None = None
+    kv_cache: bool | None = None
+    """``FusionConfig.cache``: keep KV caches across rounds (``cache`` is LangChain's own option)."""
+    exit: bool | None = None
+    exit_min_rounds: int | None = None
+    exit_temperature: float | None = None
+    exit_entropy: float | None = None
+    exit_share: float | None = None
+    weights: bool | None = None
+    weights_eta0: float | None = None
+    weights_schedule: Literal["1/t", "1/sqrt(t)"] | None = None
+    keep_weights: bool | None = None
+
+    _ensemble: Ensemble | None = PrivateAttr(default=None)
+    _overrides: dict[tuple[str, ...], Ensemble] = PrivateAttr(default_factory=dict)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    @model_validator(mode="after")
+    def _check(self) -> SpecFuseChatModel:
+        if self.ensemble is not None and not isinstance(self.ensemble, Ensemble):
+            raise ConfigError(f"ensemble must be a specfuse_core.Ensemble, got {type(self.ensemble).__name__}")
+        if self.members is not None and not self.members:
+            raise ConfigError("members is empty: give at least one member spec, or None for the default ensemble")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"timeout must be > 0, got {self.timeout!r}")
+        FusionConfig().replace(**self._fusion_overrides())  # validate options now, without loading models
+        return self
+
+    # -- LangChain identity ----------------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "specfuse"
+
+    @property
+    def ensemble_name(self) -> str:
+        """A readable name, ``specfuse(member+member)``, without loading anything."""
+        ensemble = self.ensemble or self._ensemble
+        if ensemble is not None:
+            return ensemble.name
+        specs = DEFAULT_MEMBERS if self.members is None else self.members
+        return "specfuse(" + "+".join(_name_of_spec(s) for s in specs) + ")"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.ensemble_name, **self._fusion_overrides()}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="specfuse",
+            ls_model_name=str(kwargs.get("model") or self.ensemble_name),
+            ls_model_type="chat",
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        stop = stop or kwargs.get("stop") or self.stop
+        if stop:
+            params["ls_stop"] = list(stop)
+        return params
+
+    # -- ensemble and options --------------------------------------------------------------------
+
+    def get_ensemble(self, model: str | None = None) -> Ensemble:
+        """The ensemble this model runs (built on first use), or the one a per-call ``model`` names."""
+        with self._lock:
+            if model is not None:
+                specs = tuple(_parse_model(model))
+                if specs not in self._overrides:
+                    self._overrides[specs] = Ensemble.from_specs(list(specs), share=True, **self.member_options)
+                return self._overrides[specs]
+            if self.ensemble is not None:
+                return self.ensemble
+            if self._ensemble is None:
+                self._ensemble = Ensemble.from_specs(self.members, share=True, **self.member_options)
+            return self._ensemble
+
+    def _fusion_overrides(self) -> dict[str, Any]:
+        overrides = {target: getattr(self, name) for name, target in _FUSION_FIELDS.items()}
+        overrides["stop"] = tuple(self.stop) if self.stop else None
+        return {k: v for k, v in overrides.items() if v is not None}
+
+    def _call_overrides(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        overrides = self._fusion_overrides()
+        for name, value in kwargs.items():
+            if name in ("model", "timeout") or name.startswith("ls_") or value is None:
+                continue
+            if name == "stop":
+                stop = stop or value
+                continue
+            if name not in _FUSION_FIELDS:
+                raise ConfigError(
+                    f"unknown option {name!r} for SpecFuseChatModel; known: {', '.join(sorted(_FUSION_FIELDS))}"
+                )
+            overrides[_FUSION_FIELDS[name]] = value
+        if stop:
+            overrides["stop"] = tuple([stop] if isinstance(stop, str) else stop)
+        return overrides
+
+    def _prepare(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[Ensemble, list[dict[str, Any]], dict[str, Any], float | None]:
+        request = to_specfuse_messages(messages)
+        overrides = self._call_overrides(stop, kwargs)
+        timeout = kwargs.get("timeout", self.timeout)
+        return self.get_ensemble(kwargs.get("model")), request, overrides, timeout
+
+    # -- results ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _usage(result: FusionResult) -> UsageMetadata:
+        first = result.usage.get(result.members[0]) if result.members else None
+        input_tokens = first.prompt_tokens if first is not None else 0
+        return UsageMetadata(
+            input_tokens=input_tokens,
+            output_tokens=result.output_tokens,
+            total_tokens=input_tokens + result.output_tokens,
+        )
+
+    @staticmethod
+    def _response_metadata(ensemble: Ensemble, result: FusionResult) -> dict[str, Any]:
+        return {
+            "model_name": ensemble.name,
+            "model_provider": "specfuse",
+            "finish_reason": result.finish_reason,
+            "specfuse": result.summary(),
+        }
+
+    def _chat_result(self, ensemble: Ensemble, result: FusionResult) -> ChatResult:
+        message = AIMessage(
+            content=result.text,
+            usage_metadata=self._usage(result),
+            response_metadata=self._response_metadata(ensemble, result),
+        )
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info={"finish_reason": result.finish_reason})],
+            llm_output={"model_name": ensemble.name, "specfuse": result.summary()},
+        )
+
+    def _event_config(self, run_manager: Any, manager_class: type) -> dict[str, Any] | None:
+        """Callbacks that attribute a segment event to this chat model's run (``None``: no run)."""
+        if run_manager is not None:
+            return _manager_config(run_manager, manager_class)
+        capture = _CURRENT_RUN.get()
+        if capture is None or capture.run_id is None:
+            return None
+        config = capture.config
+        manager = manager_class.configure(
+            config.get("callbacks"),
+            self.callbacks,
+            self.verbose,
+            config.get("tags"),
+            self.tags,
+            config.get("metadata"),
+            self.metadata,
+        )
+        manager.parent_run_id = capture.run_id
+        return {"callbacks": manager}
+
+    # -- streaming entry points: only to learn the run id for the segment events ------------------
+
+    def stream(
+        self, input: Any, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> Iterator[AIMessageChunk]:
+        config, capture = _with_capture(config)
+        inner = super().stream(input, config, stop=stop, **kwargs)
+        try:
+            while True:
+                token = _CURRENT_RUN.set(capture)
+                try:
+                    chunk = next(inner)
+                except StopIteration:
+                    return
+                finally:
+                    _CURRENT_RUN.reset(token)
+                yield chunk
+        finally:
+            inner.close()
+
+    async def astream(
+        self, input: Any, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> AsyncIterator[AIMessageChunk]:
+        config, capture = _with_capture(config)
+        inner = super().astream(input, config, stop=stop, **kwargs)
+        try:
+            while True:
+                token = _CURRENT_RUN.set(capture)
+                try:
+                    chunk = await inner.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    _CURRENT_RUN.reset(token)
+                yield chunk
+        finally:
+            await inner.aclose()
+
+    @staticmethod
+    def _check_time(start: float, timeout: float | None) -> None:
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise TimeoutError(f"specfuse request took longer than timeout={timeout}s")
+
+    # -- sync ------------------------------------------------------------------------------------
+
+    def _run(
+        self,
+        ensemble: Ensemble,
+        request: list[dict[str, Any]],
+        overrides: dict[str, Any],
+        timeout: float | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        on_segment: Any = None,
+    ) -> Iterator[tuple[SegmentEvent, FusionResult | None]]:
+        """Run one request; yield ``(event, result)``, with ``result`` set on the last event only."""
+        start = time.monotonic()
+        stream = ensemble.stream(request, **overrides)
+        try:
+            for event in stream:
+                config = self._event_config(run_manager, CallbackManager)
+                if config is not None:
+                    dispatch_custom_event(SEGMENT_EVENT, event.to_dict(), config=config)
+                if event.finish_reason is None:
+                    self._check_time(start, timeout)
+                    yield event, None
+                else:
+                    for _ in stream:  # the result is set once the stream is exhausted
+                        pass
+                    yield event, stream.result
+        finally:
+            stream.close()
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        ensemble, request, overrides, timeout = self._prepare(messages, stop, kwargs)
+        for attempt in range(self.max_retries + 1):
+            try:
+                for _event, result in self._run(ensemble, request, overrides, timeout, run_manager):
+                    if result is not None:
+                        return self._chat_result(ensemble, result)
+            except MemberError:
+                if attempt >= self.max_retries:
+                    raise
+        raise RuntimeError("specfuse stream ended without a result")  # pragma: no cover
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        ensemble, request, overrides, timeout = self._prepare(messages, stop, kwargs)
+        for event, result in self._run(ensemble, request, overrides, timeout, run_manager):
+            chunk = self._chunk(ensemble, event, result)
+            if run_manager is not None:
+                run_manager.on_llm_new_token(event.text, chunk=chunk)
+            yield chunk
+
+    def _chunk(self, ensemble: Ensemble, event: SegmentEvent, result: FusionResult | None) -> ChatGenerationChunk:
+        if result is None:
+            return ChatGenerationChunk(message=AIMessageChunk(content=event.text))
+        message = AIMessageChunk(
+            content=event.text,
+            usage_metadata=self._usage(result),
+            response_metadata=self._response_metadata(ensemble, result),
+            chunk_position="last",
+        )
+        return ChatGenerationChunk(message=message, generation_info={"finish_reason": result.finish_reason})
+
+    # -- async -----------------------------------------------------------------------------------
+
+    async def _arun(
+        self,
+        ensemble: Ensemble,
+        request: list[dict[str, Any]],
+        overrides: dict[str, Any],
+        timeout: float | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+    ) -> AsyncIterator[tuple[SegmentEvent, FusionResult | None]]:
+        start = time.monotonic()
+        stream = ensemble.astream(request, **overrides)
+        try:
+            async for event in stream:
+                config = self._event_config(run_manager, AsyncCallbackManager)
+                if config is not None:
+                    await adispatch_custom_event(SEGMENT_EVENT, event.to_dict(), config=config)
+                if event.finish_reason is None:
+                    self._check_time(start, timeout)
+                    yield event, None
+                else:
+                    async for _ in stream:
+                        pass
+                    yield event, stream.result
+        finally:
+            await stream.aclose()
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        ensemble, request, overrides, timeout = self._prepare(messages, stop, kwargs)
+        for attempt in range(self.max_retries + 1):
+            try:
+                async for _event, result in self._arun(ensemble, request, overrides, timeout, run_manager):
+                    if result is not None:
+                        return self._chat_result(ensemble, result)
+            except MemberError:
+                if attempt >= self.max_retries:
+                    raise
+        raise RuntimeError("specfuse stream ended without a result")  # pragma: no cover
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        ensemble, request, overrides, timeout = self._prepare(messages, stop, kwargs)
+        async for event, result in self._arun(ensemble, request, overrides, timeout, run_manager):
+            chunk = self._chunk(ensemble, event, result)
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(event.text, chunk=chunk)
+            yield chunk
+
+
+ChatSpecFuse = SpecFuseChatModel
+"""The conventional ``Chat<Provider>`` name of :class:`SpecFuseChatModel`."""
