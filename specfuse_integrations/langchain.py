@@ -62,6 +62,7 @@ from specfuse_core import (
     MemberError,
     SegmentEvent,
 )
+from specfuse_core.messages import validate_messages
 
 __all__ = ["SEGMENT_EVENT", "ChatSpecFuse", "SpecFuseChatModel", "to_specfuse_messages"]
 
@@ -351,7 +352,7 @@ class SpecFuseChatModel(BaseChatModel):
     def _prepare(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[Ensemble, list[dict[str, Any]], dict[str, Any], float | None]:
-        request = to_specfuse_messages(messages)
+        request = validate_messages(to_specfuse_messages(messages))  # before any model loads
         overrides = self._call_overrides(stop, kwargs)
         timeout = kwargs.get("timeout", self.timeout)
         return self.get_ensemble(kwargs.get("model")), request, overrides, timeout
