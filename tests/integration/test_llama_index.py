@@ -7,6 +7,7 @@ The fast tests run the adapter over scripted members (interface and translation 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -129,9 +130,9 @@ def test_subclasses_llm_not_custom_llm():
     assert issubclass(SpecFuseLLM, LLM)
     assert not issubclass(SpecFuseLLM, CustomLLM)
     for name in ("complete", "stream_complete", "chat", "stream_chat"):
-        assert not asyncio.iscoroutinefunction(getattr(SpecFuseLLM, name))
+        assert not inspect.iscoroutinefunction(getattr(SpecFuseLLM, name))
     for name in ("acomplete", "astream_complete", "achat", "astream_chat"):
-        assert asyncio.iscoroutinefunction(getattr(SpecFuseLLM, name)), name
+        assert inspect.iscoroutinefunction(getattr(SpecFuseLLM, name)), name
         assert getattr(SpecFuseLLM, name) is not getattr(CustomLLM, name)
 
 
