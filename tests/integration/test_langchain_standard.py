@@ -116,4 +116,4 @@ class TestSpecFuseChatModelIntegration(_SpecFuseCapabilities, ChatModelIntegrati
     @property
     def chat_model_params(self) -> dict:
         # The default ensemble (members=None), greedy, short answers: real generations, CPU-friendly.
-        return {"temperature": 0, "max_tokens": 16, "segment_tokens": 6}
+        return {"temperature": 0, "max_tokens": 10, "segment_tokens": 5}
