@@ -18,8 +18,8 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 # torch==2.13.0 first: that exact CPU wheel is on our machines' disk (no multi-GB CUDA download).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -qq torch==2.13.0
+	$(PIP) install -qq -e ".[dev]"
 	touch $@
 
 ask: setup
