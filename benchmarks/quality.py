@@ -257,6 +257,125 @@ def summarize(
     }
 
 
+def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) -> dict[str, Any]:
+    """Why a fusion configuration wins or loses, from the stored per-round traces (contested rounds only).
+
+    - ``win_share_by_phase``: winner shares in rounds 1-3 vs later rounds;
+    - ``self_preference[j]``: how often scorer j's highest raw score went to its own draft;
+    - ``scorer_agreement``: how often all scorers ranked the same candidate first;
+    - ``decided_by[j]``: how often the winner was scorer j's own first choice;
+    - ``mean_raw_score[j][k]``: scorer j's mean raw score (mean token probability) of k's drafts;
+    - ``flip_if_exclude_self``: share of rounds whose winner would change (that round only) if a
+      scorer did not vote on its own draft (engine tie-break included; with two single-drafter
+      candidates and ``sum`` normalisation the totals always tie, so the higher self-score wins).
+    """
+    from specfuse_core import scoring
+
+    phases: dict[str, dict[str, float]] = {"rounds 1-3": {}, "rounds 4+": {}}
+    counts = {"rounds 1-3": 0, "rounds 4+": 0}
+    self_pref = {m: [0, 0] for m in member_names}
+    decided = {m: 0 for m in member_names}
+    raw: dict[str, dict[str, list[float]]] = {j: {k: [] for k in member_names} for j in member_names}
+    agree = flips = contested = 0
+    for record in records:
+        for index, t in enumerate(record.get("trace", []), start=1):
+            if t.get("consensus", True) or not t.get("scores"):
+                continue
+            contested += 1
+            phase = "rounds 1-3" if index <= 3 else "rounds 4+"
+            counts[phase] += 1
+            for w in t["winners"]:
+                phases[phase][w] = phases[phase].get(w, 0) + 1
+            drafters, scorers, matrix = t["candidate_drafters"], t["scorers"], t["scores"]
+            tops = []
+            for j, row in zip(scorers, matrix):
+                top = max(range(len(row)), key=lambda i: row[i])
+                tops.append(top)
+                if j in self_pref and any(j in d for d in drafters):
+                    self_pref[j][1] += 1
+                    self_pref[j][0] += j in drafters[top]
+                if drafters[top] == t["winners"] and j in decided:
+                    decided[j] += 1
+                for i, d in enumerate(drafters):
+                    for k in d:
+                        if j in raw and k in raw[j]:
+                            raw[j][k].append(row[i])
+            agree += len(set(tops)) == 1
+            proposed = [[j in d for d in drafters] for j in scorers]
+            excluded = scoring.normalize_matrix(scoring.exclude_self_scores(matrix, proposed), "sum")
+            totals = scoring.aggregate(excluded, [1.0 / len(scorers)] * len(scorers))
+            own = [[row[i] for j, row in zip(scorers, matrix) if j in d] for i, d in enumerate(drafters)]
+            self_scores = [sum(v) / len(v) if v else float("-inf") for v in own]
+            order = [min(member_names.index(k) if k in member_names else 99 for k in d) for d in drafters]
+            if drafters[scoring.select_winner(totals, self_scores, order)] != t["winners"]:
+                flips += 1
+
+    def share(a: float, b: float) -> float:
+        return round(a / b, 4) if b else 0.0
+
+    return {
+        "contested_rounds": contested,
+        "win_share_by_phase": {p: {m: share(phases[p].get(m, 0), counts[p]) for m in member_names} for p in phases},
+        "rounds_by_phase": counts,
+        "self_preference": {m: share(a, b) for m, (a, b) in self_pref.items()},
+        "scorer_agreement": share(agree, contested),
+        "decided_by": {m: share(v, contested) for m, v in decided.items()},
+        "mean_raw_score": {j: {k: round(sum(v) / len(v), 4) if v else None for k, v in row.items()}
+                           for j, row in raw.items()},  # fmt: skip
+        "flip_if_exclude_self": share(flips, contested),
+    }
+
+
+def per_prompt_comparison(
+    scores_by_config: dict[str, list[dict[str, Any]]], fused: str, members: Sequence[str]
+) -> dict[str, Any]:
+    """Prompt-level loose: how often ``fused`` is right where each member is wrong, and vice versa."""
+    out: dict[str, Any] = {}
+    if fused not in scores_by_config:
+        return out
+    for m in members:
+        if m not in scores_by_config:
+            continue
+        pairs = list(zip(scores_by_config[fused], scores_by_config[m]))
+        out[m] = {"fused_only": sum(f["binary_loose"] and not s["binary_loose"] for f, s in pairs),
+                  "member_only": sum(s["binary_loose"] and not f["binary_loose"] for f, s in pairs),
+                  "both": sum(f["binary_loose"] and s["binary_loose"] for f, s in pairs)}  # fmt: skip
+    return out
+
+
+def diagnostics_markdown(diag: dict[str, dict[str, Any]], comparison: dict[str, dict[str, Any]]) -> str:
+    lines = ["## Diagnostics (contested rounds)", "",
+             "Raw score = mean token probability a scorer gives a draft. Self-preference = share of rounds in "
+             "which a scorer's top raw score went to its own draft. Decided by = share of rounds won by that "
+             "scorer's first choice. Flip if exclude-self = rounds whose winner would change, that round only, "
+             "if scorers did not vote on their own drafts.", "",
+             "| configuration | contested | win share rounds 1-3 | win share rounds 4+ | self-preference | "
+             "scorers agree | decided by | mean raw score (scorer → drafter) | flip if exclude-self |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def fmt(d: dict[str, Any]) -> str:
+        return ", ".join(f"{k}: {_pct(v)}%" for k, v in d.items())
+
+    for config, d in diag.items():
+        phases = d["win_share_by_phase"]
+        raw = "; ".join(f"{j} → " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None)
+                        for j, row in d["mean_raw_score"].items())  # fmt: skip
+        lines.append(
+            f"| {config} | {d['contested_rounds']} | {fmt(phases['rounds 1-3'])} | {fmt(phases['rounds 4+'])} | "
+            f"{fmt(d['self_preference'])} | {_pct(d['scorer_agreement'])}% | {fmt(d['decided_by'])} | {raw} | "
+            f"{_pct(d['flip_if_exclude_self'])}% |"
+        )
+    if comparison:
+        lines += ["", "Per prompt (prompt-level loose): prompts only the fused configuration follows / only the "
+                  "member follows / both follow.", "", "| configuration | vs member | fused only | member only | both |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for config, by_member in comparison.items():
+            for m, c in by_member.items():
+                lines.append(f"| {config} | {m} | {c['fused_only']} | {c['member_only']} | {c['both']} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -274,15 +393,15 @@ def markdown_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         "Calls per round = draft + scoring calls / rounds. Win share = share of contested (non-consensus) "
         "rounds whose winning segment each member drafted. Wall = summed generation time over the N answers.",
         "",
-        "| configuration | prompt strict | prompt loose | instr. strict | instr. loose | calls/round | "
+        "| configuration | N | prompt strict | prompt loose | instr. strict | instr. loose | calls/round | "
         "rounds/answer | consensus rounds | win share (contested) | exits | tokens/answer | wall s (s/answer) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         wins = ", ".join(f"{m}: {_pct(v)}%" for m, v in r["win_share"].items()) if r["consensus_share"] < 1 else "–"
         exits = ", ".join(f"{m}: {k}/{r['n']}" for m, k in r["exits"].items()) or "–"
         lines.append(
-            f"| {r['config']} | {_pct(r['prompt_strict'])} | {_pct(r['prompt_loose'])} | "
+            f"| {r['config']} | {r['n']} | {_pct(r['prompt_strict'])} | {_pct(r['prompt_loose'])} | "
             f"{_pct(r['instruction_strict'])} | {_pct(r['instruction_loose'])} | {r['calls_per_round']:.2f} | "
             f"{r['rounds_per_answer']:.1f} | {_pct(r['consensus_share'])}% | {wins} | {exits} | "
             f"{r['tokens_per_answer']:.0f} | {r['wall_s']:.0f} ({r['s_per_answer']:.1f}) |"
@@ -378,23 +497,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     by_key = {row["key"]: row for row in prompts}
     member_names = [member_label(s) for s in member_specs]
+    scores_by_config = {c: [ifeval_scoring.score_response(by_key[r["key"]], r["response"]) for r in records[c]]
+                        for c in configs}  # fmt: skip
     rows = []
     for config in configs:
-        scores = [ifeval_scoring.score_response(by_key[r["key"]], r["response"]) for r in records[config]]
         names = records[config][0].get("members", member_names) if records[config] else member_names
-        rows.append(summarize(config, records[config], scores, names))
+        rows.append(summarize(config, records[config], scores_by_config[config], names))
+    fused_configs = [c for c in configs if c in FUSION_CONFIGS]
+    alone = [c for c in configs if c not in FUSION_CONFIGS]
+    diag = {c: diagnostics(records[c], member_names) for c in fused_configs}
+    comparison = {c: per_prompt_comparison(scores_by_config, c, alone) for c in fused_configs}
     n = min((r["n"] for r in rows), default=0)
     meta = {"n": n, "data": args.data, "members": member_specs, "max_tokens": args.max_tokens,
             "segment_tokens": args.segment_tokens, "device": args.device or "auto (cpu here)",
             "run_dir": str(run_dir)}  # fmt: skip
     (run_dir).mkdir(parents=True, exist_ok=True)
-    (run_dir / "results.md").write_text(markdown_table(rows, meta), encoding="utf-8")
+    report = markdown_table(rows, meta) + ("\n" + diagnostics_markdown(diag, comparison) if diag else "")
+    (run_dir / "results.md").write_text(report, encoding="utf-8")
     plot(rows, meta, run_dir / "quality.png")
     if log:
-        log(markdown_table(rows, meta))
+        log(report)
         log(f"wrote {run_dir / 'results.md'} and {run_dir / 'quality.png'}")
     if args.json:
-        print(json.dumps({**meta, "configs": rows}))
+        print(json.dumps({**meta, "configs": rows, "diagnostics": diag, "per_prompt": comparison}))
     return 0
 
 

@@ -96,8 +96,10 @@ def test_dev_split_instructions_are_all_known() -> None:
 
 def _fake_record(config: str, text: str) -> dict:
     winners = ["a"] if config == "specfuse" else [config]
+    contested = {"scorers": ["a", "b"], "scores": [[0.9, 0.5], [0.4, 0.6]], "candidate_drafters": [["a"], ["b"]]}
     trace = [
-        {"winners": winners, "consensus": config != "specfuse", "calls": 4 if config == "specfuse" else 1},
+        {"winners": winners, "consensus": config != "specfuse", "calls": 4 if config == "specfuse" else 1,
+         **(contested if config == "specfuse" else {})},  # fmt: skip
         {"winners": ["a", "b"], "consensus": True, "calls": 2},
     ]
     return {"response": text, "finish_reason": "stop", "rounds": 2, "calls": sum(t["calls"] for t in trace),
@@ -160,7 +162,8 @@ def test_configs_expand_members_and_reject_unknown_names() -> None:
 def test_summary_table_and_plot(tmp_path: Path) -> None:
     prompts = [LOWERCASE_NO_COMMA, HASHTAGS]
     rows = []
-    for config, texts in (("a", ["cats are soft. they sleep all day.", "#1 #2 #3 #4"]), ("specfuse", ["Cats, nap.", "#1"])):
+    answers = {"a": ["cats are soft. they sleep all day.", "#1 #2 #3 #4"], "specfuse": ["Cats, nap.", "#1"]}
+    for config, texts in answers.items():
         records = [dict(_fake_record(config, t), key=p["key"]) for p, t in zip(prompts, texts)]
         scores = [ifeval_scoring.score_response(p, r["response"]) for p, r in zip(prompts, records)]
         rows.append(quality.summarize(config, records, scores, ["a", "b"]))
@@ -173,7 +176,7 @@ def test_summary_table_and_plot(tmp_path: Path) -> None:
     meta = {"n": 2, "data": "x.jsonl", "members": ["a", "b"], "max_tokens": 16, "segment_tokens": 10,
             "device": "cpu"}  # fmt: skip
     table = quality.markdown_table(rows, meta)
-    assert "| a | 100.0 | 100.0 | 100.0 | 100.0 | 1.50 |" in table and "| specfuse | 0.0 |" in table
+    assert "| a | 2 | 100.0 | 100.0 | 100.0 | 100.0 | 1.50 |" in table and "| specfuse | 2 | 0.0 |" in table
     quality.plot(rows, meta, tmp_path / "quality.png")
     assert (tmp_path / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -192,3 +195,19 @@ def test_score_only_cli_writes_outputs_from_the_cache(tmp_path: Path, capsys: py
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n"] == 2 and out["configs"][0]["prompt_strict"] == 1.0
     assert (run_dir / "results.md").exists() and (run_dir / "quality.png").exists()
+
+
+def test_diagnostics_explain_contested_rounds() -> None:
+    records = [_fake_record("specfuse", "x"), _fake_record("specfuse", "y")]
+    diag = quality.diagnostics(records, ["a", "b"])
+    assert diag["contested_rounds"] == 2 and diag["rounds_by_phase"] == {"rounds 1-3": 2, "rounds 4+": 0}
+    assert diag["win_share_by_phase"]["rounds 1-3"] == {"a": 1.0, "b": 0.0}
+    assert diag["self_preference"] == {"a": 1.0, "b": 1.0} and diag["scorer_agreement"] == 0.0
+    assert diag["decided_by"] == {"a": 1.0, "b": 0.0}
+    assert diag["mean_raw_score"] == {"a": {"a": 0.9, "b": 0.5}, "b": {"a": 0.4, "b": 0.6}}
+    # excluding self-scores: each draft gets one vote, normalised to 1 -> a tie, broken by the higher
+    # self-score (a: 0.9 > b: 0.6), so the winner does not change
+    assert diag["flip_if_exclude_self"] == 0.0
+    table = quality.diagnostics_markdown({"specfuse": diag}, {"specfuse": {"a": {"fused_only": 1, "member_only": 0,
+                                                                                  "both": 2}}})  # fmt: skip
+    assert "| specfuse | 2 |" in table and "| specfuse | a | 1 | 0 | 2 |" in table

@@ -1,0 +1,41 @@
+"""End to end: `python -m benchmarks.quality` on one IFEval prompt with a real member, then resumed from the cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("if_verifiable", reason="needs the 'eval' extra")
+
+from benchmarks import quality  # noqa: E402
+
+
+@pytest.mark.skipif(not quality.resolve(quality.DEFAULT_DATA).exists(), reason="no IFEval dev split")
+def test_one_prompt_one_config_end_to_end_and_resumed(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "benchmarks.quality", "--limit", "1", "--max-tokens", "16",
+            "--configs", "smollm2-135m-instruct", "--results", str(tmp_path), "--json"]  # fmt: skip
+
+    def run() -> tuple[dict, str]:
+        done = subprocess.run(argv, cwd=quality.REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+    first, log = run()
+    assert "new" in log
+    (row,) = first["configs"]
+    assert first["n"] == 1 and row["config"] == "smollm2-135m-instruct" and row["n"] == 1
+    assert row["calls_per_round"] == 1.0 and row["rounds_per_answer"] >= 1
+    assert 0.0 <= row["prompt_loose"] <= 1.0 and row["prompt_strict"] <= row["prompt_loose"]
+    run_dir = Path(first["run_dir"])
+    (cached,) = (run_dir / "smollm2-135m-instruct").glob("*.json")
+    assert json.loads(cached.read_text())["response"]
+    assert (run_dir / "results.md").exists() and (run_dir / "quality.png").stat().st_size > 1000
+
+    second, log = run()  # resumed: nothing is generated again, the figures are identical
+    assert "cached" in log and " new " not in log
+    assert second["configs"] == first["configs"]
