@@ -411,35 +411,53 @@ def markdown_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
+    """Accuracy (%) against member calls per round: prompt level (left) and instruction level (right).
+
+    One colour per configuration; filled markers loose, open markers strict. Configurations that land
+    on the same point share one label, so none hides another.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    markers = {"prompt_loose": ("o", "prompt-level loose"), "prompt_strict": ("s", "prompt-level strict")}
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, r in enumerate(rows):
-        color = colors[i % len(colors)]
-        for metric, (marker, _) in markers.items():
-            ax.scatter(r["calls_per_round"], 100 * r[metric], marker=marker, s=70, color=color,
-                       facecolors=color if metric == "prompt_loose" else "none", zorder=3)  # fmt: skip
-        ax.annotate(r["config"], (r["calls_per_round"], 100 * r["prompt_loose"]), textcoords="offset points",
-                    xytext=(7, 4 + 9 * (i % 2)), fontsize=9, color=color)  # fmt: skip
-    for metric, (marker, label) in markers.items():
-        ax.scatter([], [], marker=marker, color="gray", facecolors="gray" if metric == "prompt_loose" else "none",
-                   label=label)  # fmt: skip
-    ax.set_xlabel("member calls per round (drafts + scoring passes)")
-    ax.set_ylabel("IFEval prompt-level accuracy (%)")
-    ax.set_title(f"IFEval dev, N = {meta['n']} prompts, greedy, max {meta['max_tokens']} tokens")
-    xs = [r["calls_per_round"] for r in rows] or [1]
-    ax.set_xlim(min(0.5, min(xs) - 0.3), max(xs) + 1.0)
-    ys = [100 * r[m] for r in rows for m in markers] or [0]
-    ax.set_ylim(max(0, min(ys) - 10), min(100, max(ys) + 10) if max(ys) > 0 else 10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), dpi=120, sharey=True)
+    xs = [r["calls_per_round"] for r in rows] or [1.0]
+    ys = [100 * r[m] for r in rows for m in ("prompt_loose", "prompt_strict", "instruction_loose",
+                                              "instruction_strict")] or [0.0]  # fmt: skip
+    for ax, level in zip(axes, ("prompt", "instruction")):
+        for i, r in enumerate(rows):
+            color = colors[i % len(colors)]
+            ax.scatter(r["calls_per_round"], 100 * r[f"{level}_loose"], marker="o", s=90, color=color, zorder=3,
+                       alpha=0.85)  # fmt: skip
+            ax.scatter(r["calls_per_round"], 100 * r[f"{level}_strict"], marker="s", s=90, facecolors="none",
+                       edgecolors=color, linewidths=1.6, zorder=3)  # fmt: skip
+        groups: dict[tuple[float, float], list[str]] = {}
+        for r in rows:
+            groups.setdefault((round(r["calls_per_round"], 2), round(100 * r[f"{level}_loose"], 1)), []).append(
+                r["config"]
+            )
+        for (x, y), names in groups.items():
+            ax.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(10, 0), fontsize=8.5,
+                        color="#222222", va="center")  # fmt: skip
+        ax.set_title(f"{level}-level accuracy", fontsize=11)
+        ax.set_xlabel("member calls per round (drafts + scoring passes)")
+        ax.set_xlim(min(0.5, min(xs) - 0.3), max(xs) + 1.2)
+        ax.set_ylim(-4, min(105, max(ys) + 12) if max(ys) > 0 else 10)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("IFEval accuracy (%)")
+    handles = [Line2D([], [], marker="o", linestyle="", color=colors[i % len(colors)], markersize=8, label=r["config"])
+               for i, r in enumerate(rows)]  # fmt: skip
+    handles += [Line2D([], [], marker="o", linestyle="", color="#444444", markersize=8, label="loose (filled)"),
+                Line2D([], [], marker="s", linestyle="", markerfacecolor="none", markeredgecolor="#444444",
+                       markersize=8, label="strict (open)")]  # fmt: skip
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
+    fig.suptitle(f"IFEval dev: accuracy vs cost, N = {meta['n']} prompts, greedy decoding, "
+                 f"max {meta['max_tokens']} tokens", fontsize=12)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
