@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -267,9 +268,14 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
     - ``mean_raw_score[j][k]``: scorer j's mean raw score (mean token probability) of k's drafts;
     - ``flip_if_exclude_self``: share of rounds whose winner would change (that round only) if a
       scorer did not vote on its own draft (engine tie-break included; with two single-drafter
-      candidates and ``sum`` normalisation the totals always tie, so the higher self-score wins).
+      candidates and ``sum`` normalisation the totals always tie, so the higher self-score wins);
+    - ``final_quality_gap``: median over answers of the gap between the members' cumulative quality
+      ``Q`` (the sum of their drafts' aggregated scores, algorithm.md §4) at the end of the answer;
+    - ``min_exit_entropy``: median over answers of the lowest normalised entropy of ``softmax(Q)``
+      (exit temperature 1) reached while both members were active; model exit needs it below
+      ``exit_entropy`` (0.6 by default).
     """
-    from specfuse_core import scoring
+    from specfuse_core import policies, scoring
 
     phases: dict[str, dict[str, float]] = {"rounds 1-3": {}, "rounds 4+": {}}
     counts = {"rounds 1-3": 0, "rounds 4+": 0}
@@ -277,7 +283,22 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
     decided = {m: 0 for m in member_names}
     raw: dict[str, dict[str, list[float]]] = {j: {k: [] for k in member_names} for j in member_names}
     agree = flips = contested = 0
+    gaps: list[float] = []
+    min_entropy: list[float] = []
     for record in records:
+        quality = {m: 0.0 for m in member_names}
+        lowest, verified = 1.0, 0
+        for t in record.get("trace", []):
+            if t.get("consensus", True) or not t.get("totals") or len(t.get("active", member_names)) < 2:
+                continue
+            verified += 1
+            for d, total in zip(t["candidate_drafters"], t["totals"]):
+                for k in d:
+                    quality[k] = quality.get(k, 0.0) + total
+            lowest = min(lowest, policies.normalized_entropy(policies.softmax(list(quality.values()))))
+        if verified:
+            gaps.append(max(quality.values()) - min(quality.values()))
+            min_entropy.append(lowest)
         for index, t in enumerate(record.get("trace", []), start=1):
             if t.get("consensus", True) or not t.get("scores"):
                 continue
@@ -323,6 +344,8 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
         "mean_raw_score": {j: {k: round(sum(v) / len(v), 4) if v else None for k, v in row.items()}
                            for j, row in raw.items()},  # fmt: skip
         "flip_if_exclude_self": share(flips, contested),
+        "final_quality_gap": round(statistics.median(gaps), 3) if gaps else None,
+        "min_exit_entropy": round(statistics.median(min_entropy), 3) if min_entropy else None,
     }
 
 
@@ -348,10 +371,13 @@ def diagnostics_markdown(diag: dict[str, dict[str, Any]], comparison: dict[str, 
              "Raw score = mean token probability a scorer gives a draft. Self-preference = share of rounds in "
              "which a scorer's top raw score went to its own draft. Decided by = share of rounds won by that "
              "scorer's first choice. Flip if exclude-self = rounds whose winner would change, that round only, "
-             "if scorers did not vote on their own drafts.", "",
+             "if scorers did not vote on their own drafts. Q gap = difference of the members' cumulative "
+             "quality (sum of aggregated scores) at the end of an answer; model exit fires only once the "
+             "normalised entropy of softmax(Q) drops below exit_entropy (0.6).", "",
              "| configuration | contested | win share rounds 1-3 | win share rounds 4+ | self-preference | "
-             "scorers agree | decided by | mean raw score (scorer → drafter) | flip if exclude-self |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "scorers agree | decided by | mean raw score (scorer → drafter) | flip if exclude-self | "
+             "final Q gap (median) | min exit entropy (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def fmt(d: dict[str, Any]) -> str:
         return ", ".join(f"{k}: {_pct(v)}%" for k, v in d.items())
@@ -363,7 +389,7 @@ def diagnostics_markdown(diag: dict[str, dict[str, Any]], comparison: dict[str, 
         lines.append(
             f"| {config} | {d['contested_rounds']} | {fmt(phases['rounds 1-3'])} | {fmt(phases['rounds 4+'])} | "
             f"{fmt(d['self_preference'])} | {_pct(d['scorer_agreement'])}% | {fmt(d['decided_by'])} | {raw} | "
-            f"{_pct(d['flip_if_exclude_self'])}% |"
+            f"{_pct(d['flip_if_exclude_self'])}% | {d['final_quality_gap']} | {d['min_exit_entropy']} |"
         )
     if comparison:
         lines += ["", "Per prompt (prompt-level loose): prompts only the fused configuration follows / only the "

@@ -208,6 +208,11 @@ def test_diagnostics_explain_contested_rounds() -> None:
     # excluding self-scores: each draft gets one vote, normalised to 1 -> a tie, broken by the higher
     # self-score (a: 0.9 > b: 0.6), so the winner does not change
     assert diag["flip_if_exclude_self"] == 0.0
+    # totals are not stored by _fake_record: no quality accumulates
+    records = [dict(r, trace=[dict(t, totals=[0.7, 0.3], active=["a", "b"]) for t in r["trace"]]) for r in records]
+    diag = quality.diagnostics(records, ["a", "b"])
+    assert diag["final_quality_gap"] == pytest.approx(0.4)  # one contested round: Q = (0.7, 0.3)
+    assert 0.9 < diag["min_exit_entropy"] < 1.0  # softmax((0.7, 0.3)) is nearly uniform: no exit
     table = quality.diagnostics_markdown({"specfuse": diag}, {"specfuse": {"a": {"fused_only": 1, "member_only": 0,
                                                                                   "both": 2}}})  # fmt: skip
     assert "| specfuse | 2 |" in table and "| specfuse | a | 1 | 0 | 2 |" in table
