@@ -394,7 +394,8 @@ def diagnostics_markdown(diag: dict[str, dict[str, Any]], comparison: dict[str, 
     if comparison:
         lines += ["", "Per prompt (prompt-level loose): prompts only the fused configuration follows / only the "
                   "member follows / both follow.", "",
-                  "| configuration | vs member | fused only | member only | both |", "|---|---|---|---|---|"]  # fmt: skip
+                  "| configuration | vs member | fused only | member only | both |",
+                  "|---|---|---|---|---|"]  # fmt: skip
         for config, by_member in comparison.items():
             for m, c in by_member.items():
                 lines.append(f"| {config} | {m} | {c['fused_only']} | {c['member_only']} | {c['both']} |")
