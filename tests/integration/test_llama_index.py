@@ -359,4 +359,5 @@ def test_same_member_specs_share_loaded_models(tiny_specs):
 
     langchain = pytest.importorskip("specfuse_integrations.langchain")
     chat_model = langchain.SpecFuseChatModel(members=tiny_specs)
-    assert all(a is b for a, b in zip(first.ensemble.members, chat_model.get_ensemble().members))
+    ensemble = chat_model.get_ensemble() if hasattr(chat_model, "get_ensemble") else chat_model.ensemble
+    assert all(a is b for a, b in zip(first.ensemble.members, ensemble.members))
