@@ -175,7 +175,8 @@ class SpecFuseLLM(LLM):
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
-        fusion = {k: kwargs.pop(k) for k in list(kwargs) if k in FUSION_FIELDS}
+        fusion = dict(kwargs.pop("fusion_options", None) or {})  # as serialised by model_dump()
+        fusion.update({k: kwargs.pop(k) for k in list(kwargs) if k in FUSION_FIELDS})
         unknown = sorted(set(kwargs) - set(LLM.model_fields))
         if unknown:
             raise ConfigError(f"unknown SpecFuseLLM option(s): {', '.join(unknown)}")

@@ -164,6 +164,8 @@ def test_fusion_options_and_wrapping(llm):
         True,
     )
     assert ens.config.segment_tokens == 10  # the wrapped ensemble is not changed
+    again = SpecFuseLLM(ensemble=ens, fusion_options=tuned.fusion_options)
+    assert again.config == tuned.config and tuned.fusion_options["segment_tokens"] == 2
     with pytest.raises(ConfigError, match="bogus"):
         SpecFuseLLM(ensemble=ens, bogus=1)
     with pytest.raises(ConfigError):
