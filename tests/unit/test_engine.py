@@ -198,6 +198,14 @@ def test_bad_requests():
         ens.generate(MESSAGES, max_tokens=0)
 
 
-def test_remote_specs_are_reserved():
-    with pytest.raises(NotSupportedYetError, match="not supported yet"):
-        Ensemble.from_specs(["http://127.0.0.1:9/v1"])
+def test_unreachable_remote_spec_gives_a_clear_error():
+    # http specs build a remote member (no request yet); an unreachable server fails the request with
+    # an error that names the member and the reason instead of NotSupportedYetError.
+    ens = Ensemble.from_specs(["http://127.0.0.1:9/v1#tiny"], share=False, max_retries=0, timeout=2.0)
+    assert type(ens.members[0]).__name__ == "OpenAICompatibleMember"
+    with pytest.raises(NoActiveMembersError, match=r"tiny@127\.0\.0\.1:9: RemoteError: .*could not reach the server"):
+        ens.generate([{"role": "user", "content": "hi"}], max_tokens=4)
+    from specfuse_core.loading import resolve_source
+
+    with pytest.raises(NotSupportedYetError):  # a local HFMember still cannot load a URL
+        resolve_source("http://127.0.0.1:9/v1")
