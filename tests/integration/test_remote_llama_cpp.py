@@ -1,0 +1,158 @@
+"""Remote members against real llama-cpp-python servers serving the SmolLM2 GGUF (offline, slow)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("httpx")
+pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (make setup)")
+
+import httpx  # noqa: E402
+
+from specfuse_core import Ensemble, FusionConfig, HFMember  # noqa: E402
+from specfuse_core.presets import PRESETS, fetch_gguf  # noqa: E402
+from specfuse_core.remote import OpenAICompatibleMember  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A llama-cpp-python server process on 127.0.0.1, stopped by its PID."""
+
+    def __init__(self, gguf: Path, log: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._log = open(log, "wb")
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2", "--verbose", "False"]
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.pid = self.process.pid
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama-cpp-python server exited with {self.process.returncode}; see {log}")
+            try:
+                if httpx.get(self.url + "/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"llama-cpp-python server not ready after 120 s; see {log}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    return fetch_gguf(PRESETS["smollm2-135m-instruct"])
+
+
+@pytest.fixture(scope="module")
+def server(gguf, tmp_path_factory):
+    srv = Server(gguf, tmp_path_factory.mktemp("llama") / "server-a.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def second_server(gguf, tmp_path_factory):
+    srv = Server(gguf, tmp_path_factory.mktemp("llama") / "server-b.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def smol_local() -> HFMember:
+    return HFMember("smollm2-135m-instruct", name="smol-local")
+
+
+def test_scoring_agrees_with_local_transformers(server, smol_local):
+    import asyncio
+
+    remote = OpenAICompatibleMember(server.url, tokenizer=smol_local.tokenizer, name="smol-remote")
+    candidates = [("The capital of France is Paris.", True), ("Paris", False), (" Lyon is", False)]
+
+    async def both():
+        local_session = await smol_local.open_session(FRANCE)
+        remote_session = await remote.open_session(FRANCE)
+        local = await local_session.score(candidates)
+        far = await remote_session.score(candidates)
+        await remote.aclose()
+        return local, far, remote_session
+
+    local, far, session = asyncio.run(both())
+    assert remote.dialect == "llama_cpp" and remote.model
+    assert session.requests == len(candidates)  # llama-cpp-python takes one prompt per request
+    for (text, _), x, y in zip(candidates, local, far):
+        assert len(x.logprobs) == len(y.logprobs) > 0, text
+        per_token = sum(abs(a - b) for a, b in zip(x.logprobs, y.logprobs)) / len(x.logprobs)
+        assert per_token <= 0.35, (text, list(x.logprobs), list(y.logprobs))
+    # the candidates really differ (so agreement is not trivially about equal numbers)
+    mean = [sum(s.logprobs) / len(s.logprobs) for s in far]
+    assert mean[0] > mean[2] + 1.0
+
+
+def test_remote_smollm2_plus_local_qwen_answers_paris(server):
+    ens = Ensemble.from_specs([server.url + "#smol", "qwen2.5-coder-0.5b-instruct"])
+    remote, qwen = ens.members
+    assert isinstance(remote, OpenAICompatibleMember) and isinstance(qwen, HFMember)
+    result = ens.generate(FRANCE, temperature=0, max_tokens=16, segment_tokens=8)
+    assert "Paris" in result.text, result.text
+    assert not result.exits
+    assert result.usage[remote.name].calls > 0 and result.usage[remote.name].generated_tokens > 0
+    assert any(c.member == remote.name and c.kind == "draft" for e in result.trace for c in e.calls)
+
+
+def test_two_remote_members_answer_paris(server, second_server):
+    ens = Ensemble.from_specs([server.url, second_server.url], FusionConfig(temperature=0, max_tokens=16, segment_tokens=8))
+    assert len({m.name for m in ens.members}) == 2
+    result = ens.generate(FRANCE)
+    assert "Paris" in result.text, result.text
+    assert not result.exits
+
+
+def test_killing_a_server_mid_request_leaves_the_other_member(server, second_server):
+    first = OpenAICompatibleMember(server.url, name="alive")
+    victim = OpenAICompatibleMember(second_server.url, name="victim", max_retries=1, backoff=0.2, timeout=30)
+    ens = Ensemble([first, victim], FusionConfig(temperature=0, max_tokens=14, segment_tokens=4))
+    stream = ens.stream([{"role": "user", "content": "Explain briefly why the sky is blue."}])
+    events = [next(stream)]
+    assert "victim" in events[0].active
+    killer = threading.Timer(0.3, second_server.stop)  # while the next round's requests are in flight
+    killer.start()
+    events += list(stream)
+    killer.join()
+    result = stream.result
+    assert second_server.process.poll() is not None
+    exits = [x for x in result.exits if x.member == "victim"]
+    assert len(exits) == 1, result.exits
+    assert exits[0].reason.startswith("Remote") and "victim" in exits[0].reason, exits[0].reason
+    assert any(x.member == "victim" for e in events for x in e.exits)
+    assert result.rounds >= 2 and result.text.strip()
+    assert events[-1].active == ("alive",)
