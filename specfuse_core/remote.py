@@ -136,7 +136,6 @@ class OpenAICompatibleMember:
         self.chars_per_token = 4.0
         self.notes: list[str] = []
         self._ready = False
-        self._ready_lock: asyncio.Lock | None = None
 
     # -- the Member protocol --------------------------------------------------------------------
 
@@ -256,21 +255,18 @@ class OpenAICompatibleMember:
 
     async def _prepare(self) -> None:
         """Find the model and dialect, the template and the tokenizer ratio (once per member)."""
-        if self._ready:
+        if self._ready:  # no lock: sessions may run on different event loops; a race only repeats discovery
             return
-        if self._ready_lock is None:
-            self._ready_lock = asyncio.Lock()
-        async with self._ready_lock:
-            if self._ready:
-                return
-            await self._discover()
-            if self.end_text is None:
-                self.end_text = _end_of_turn_text(self)
-            if self.tokenizer is None and self.dialect in ("llama_cpp", "vllm"):
-                await self._measure_ratio()
-            if self.dialect == "openai" and self._can_score:
-                self.notes.append("draft-only: an OpenAI chat API cannot score given text")
-            self._ready = True
+        await self._discover()
+        if self.end_text is None:
+            self.end_text = _end_of_turn_text(self)
+        if self.tokenizer is None and self.dialect in ("llama_cpp", "vllm"):
+            await self._measure_ratio()
+        note = "draft-only: this server cannot score given text (no echo + logprobs)"
+        if self.dialect == "openai" and self._can_score and note not in self.notes:
+            self.notes.append(note)
+            self.role = "draft"
+        self._ready = True
 
     async def _discover(self) -> None:
         needs_models = self.model is None or self.dialect == "auto"
@@ -577,7 +573,8 @@ def _detect_dialect(entry: dict[str, Any], server_root: str) -> str:
         return "sglang"
     if owner == "me":  # llama-cpp-python's /v1/models
         return "llama_cpp"
-    if host.endswith("openai.com") or owner in ("openai", "system", "openai-internal"):
+    if host.endswith("openai.com") or owner in ("openai", "system", "openai-internal", "llamacpp"):
+        # OpenAI chat models, and llama.cpp's own llama-server (no prompt log-probabilities): draft-only
         return "openai"
     return "vllm"  # the most common OpenAI-compatible server with echo + logprobs
 

@@ -241,7 +241,7 @@ async def test_openai_dialect_is_draft_only_and_drafts_through_chat():
     session = await m.open_session(MESSAGES)
     draft = await session.draft(4, GREEDY)
     assert draft.text == "Paris." and draft.ended
-    assert any("draft-only" in note for note in m.notes)
+    assert any("draft-only" in note for note in m.notes) and m.role == "draft"
     with pytest.raises(RemoteError, match="draft-only"):
         await session.score([("x", False)])
 
