@@ -27,6 +27,7 @@ from .trace import Candidate, FusionResult, MemberCall, MemberExit, MemberUsage,
 
 if TYPE_CHECKING:
     from .hf_member import HFMember
+    from .remote import OpenAICompatibleMember
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "ModelLoadError",
     "NoActiveMembersError",
     "NotSupportedYetError",
+    "OpenAICompatibleMember",
     "SamplingParams",
     "SegmentEvent",
     "SpecFuseError",
@@ -63,9 +65,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # HFMember imports torch; keep `import specfuse_core` light for the pure-Python parts.
+    # HFMember imports torch and OpenAICompatibleMember needs httpx (the `remote` extra):
+    # keep `import specfuse_core` light for the pure-Python parts.
     if name == "HFMember":
         from .hf_member import HFMember
 
         return HFMember
+    if name == "OpenAICompatibleMember":
+        from .remote import OpenAICompatibleMember
+
+        return OpenAICompatibleMember
     raise AttributeError(f"module 'specfuse_core' has no attribute {name!r}")

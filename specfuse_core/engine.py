@@ -258,6 +258,7 @@ class _Request:
             exits=tuple(self.exits),
             output_tokens=self._output_tokens(self.text),
             members=tuple(m.name for m in self.ensemble.members),
+            notes={m.name: tuple(m.notes) for m in self.ensemble.members if getattr(m, "notes", None)},
         )
         if self.config.keep_weights and self.config.weights:
             self.ensemble.weights = dict(self.weights)

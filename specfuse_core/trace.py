@@ -103,6 +103,8 @@ class FusionResult:
     exits: tuple[MemberExit, ...] = ()
     output_tokens: int = 0
     members: tuple[str, ...] = field(default=())
+    notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per-member remarks made while setting up, e.g. a remote member that can only draft."""
 
     @property
     def rounds(self) -> int:
@@ -121,6 +123,7 @@ class FusionResult:
             "calls_per_round": round(calls / self.rounds, 3) if self.rounds else 0.0,
             "exited": [dataclasses.asdict(x) for x in self.exits],
             "finish_reason": self.finish_reason,
+            **({"notes": {k: list(v) for k, v in self.notes.items()}} if self.notes else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,5 +134,6 @@ class FusionResult:
             "usage": {k: dataclasses.asdict(v) for k, v in self.usage.items()},
             "exits": [dataclasses.asdict(x) for x in self.exits],
             "output_tokens": self.output_tokens,
+            "notes": {k: list(v) for k, v in self.notes.items()},
             "summary": self.summary(),
         }

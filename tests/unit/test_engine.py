@@ -209,3 +209,12 @@ def test_unreachable_remote_spec_gives_a_clear_error():
 
     with pytest.raises(NotSupportedYetError):  # a local HFMember still cannot load a URL
         resolve_source("http://127.0.0.1:9/v1")
+
+
+def test_member_notes_reach_the_result():
+    a = ScriptedMember("a", [("x", True)])
+    a.notes = ["draft-only: the server cannot score given text"]  # type: ignore[attr-defined]
+    result = Ensemble([a, ScriptedMember("b", [("x", True)])]).generate(MESSAGES)
+    assert result.notes == {"a": ("draft-only: the server cannot score given text",)}
+    assert result.summary()["notes"] == {"a": ["draft-only: the server cannot score given text"]}
+    assert result.to_dict()["notes"]["a"] == ["draft-only: the server cannot score given text"]
