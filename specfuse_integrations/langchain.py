@@ -110,7 +110,9 @@ def to_specfuse_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]
                 f"message {index}: ToolMessage is not supported; specfuse ensembles do not call tools"
             )
         if isinstance(message, FunctionMessage):
-            raise InvalidRequestError(f"message {index}: FunctionMessage is not supported; specfuse ensembles do not call tools")
+            raise InvalidRequestError(
+                f"message {index}: FunctionMessage is not supported; specfuse ensembles do not call tools"
+            )
         if isinstance(message, AIMessage) and (message.tool_calls or message.invalid_tool_calls):
             raise InvalidRequestError(
                 f"message {index}: AIMessage with tool_calls is not supported; specfuse ensembles do not call tools"

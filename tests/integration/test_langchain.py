@@ -96,13 +96,18 @@ def test_message_translation():
 
 # -- fast: bad input is rejected before any model loads ------------------------------------------
 
+IMAGE = {"type": "image", "url": "http://x/y.png"}
+IMAGE_URL = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+AUDIO = {"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"}
+INPUT_AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+TOOL_CALL = {"name": "add", "args": {}, "id": "1"}
 BAD_INPUTS = {
-    "image block": ([HumanMessage([{"type": "text", "text": "what is this?"}, {"type": "image", "url": "http://x/y.png"}])], "'image'"),
-    "image_url block": ([HumanMessage([{"type": "image_url", "image_url": {"url": "http://x/y.png"}}])], "'image_url'"),
-    "audio block": ([HumanMessage([{"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"}])], "'audio'"),
-    "input_audio block": ([HumanMessage([{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}])], "'audio'"),  # LangChain normalises it
+    "image block": ([HumanMessage([{"type": "text", "text": "what is this?"}, IMAGE])], "'image'"),
+    "image_url block": ([HumanMessage([IMAGE_URL])], "'image_url'"),
+    "audio block": ([HumanMessage([AUDIO])], "'audio'"),
+    "input_audio block": ([HumanMessage([INPUT_AUDIO])], "'audio'"),  # LangChain normalises it to 'audio'
     "tool message": ([HumanMessage("hi"), ToolMessage("42", tool_call_id="1")], "ToolMessage"),
-    "ai tool call": ([HumanMessage("hi"), AIMessage("", tool_calls=[{"name": "add", "args": {}, "id": "1"}])], "tool_calls"),
+    "ai tool call": ([HumanMessage("hi"), AIMessage("", tool_calls=[TOOL_CALL])], "tool_calls"),
     "unknown message type": ([RemoveMessage(id="x")], "unsupported message type RemoveMessage"),
     "unknown role": ([ChatMessage(role="critic", content="hm")], "unknown role 'critic'"),
     "empty list": ([], "empty"),
@@ -237,7 +242,8 @@ def test_per_call_overrides(llm):
     assert "Paris" not in stopped.content
     solo = llm.invoke(QUESTION, model="smollm2-135m-instruct")
     assert solo.response_metadata["model_name"] == "specfuse(smollm2-135m-instruct)"
-    assert solo.response_metadata["specfuse"]["wins"] == {"smollm2-135m-instruct": solo.response_metadata["specfuse"]["rounds"]}
+    summary = solo.response_metadata["specfuse"]
+    assert summary["wins"] == {"smollm2-135m-instruct": summary["rounds"]}
     with pytest.raises(ConfigError, match="unknown option 'frequency_penalty'"):
         llm.invoke(QUESTION, frequency_penalty=0.5)
 
