@@ -463,7 +463,7 @@ def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> No
                        edgecolors=color, linewidths=1.6, zorder=3)  # fmt: skip
         groups: dict[tuple[float, float], list[str]] = {}
         for r in rows:
-            groups.setdefault((round(r["calls_per_round"], 2), round(100 * r[f"{level}_loose"], 1)), []).append(
+            groups.setdefault((round(r["calls_per_round"], 1), round(100 * r[f"{level}_loose"], 0)), []).append(
                 r["config"]
             )
         for (x, y), names in groups.items():
