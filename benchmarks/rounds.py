@@ -8,6 +8,7 @@ Every measurement runs in its own subprocess, so each peak-memory figure is clea
 2. End-to-end time of a 400-token answer with vs without the cache (same prompt, greedy).
 3. Ensemble throughput (accepted tokens/s in the first member's tokenizer) vs each member's solo
    `generate` throughput and the one-CPU bound of algorithm.md §7: L/(L+1) / Σ_i (1/v_i).
+   Where the time goes: total draft, verify and other (engine) time per mode.
 4. Peak RSS of the ensemble vs the sum of the members' solo peaks.
 """
 
@@ -65,6 +66,8 @@ def child_ensemble(args: argparse.Namespace) -> dict[str, Any]:
     result = ensemble.generate(messages)
     seconds = time.perf_counter() - start
     round_times = [e.timings.round_s for e in result.trace]
+    phase_totals = {"draft_s": sum(e.timings.draft_s for e in result.trace),
+                    "verify_s": sum(e.timings.verify_s for e in result.trace)}  # fmt: skip
     return {
         "cache": not args.no_cache,
         "seconds": seconds,
@@ -72,6 +75,7 @@ def child_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         "output_tokens": result.output_tokens,
         "tokens_per_s": result.output_tokens / seconds,
         "round_times": round_times,
+        "phase_totals_s": phase_totals,
         "finish_reason": result.finish_reason,
         "text": result.text,
         "calls_per_round": result.summary()["calls_per_round"],
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_bound_tokens_per_s": bound,
         "throughput_over_bound": cached["tokens_per_s"] / bound,
         "calls_per_round": cached["calls_per_round"],
+        "phase_totals_s": {"cache": cached["phase_totals_s"], "no_cache": uncached["phase_totals_s"]},
         "peak_rss_mb": {"ensemble": cached["peak_rss_mb"], "solo": {s["member"]: s["peak_rss_mb"] for s in solos}},
         "peak_over_solo_sum": cached["peak_rss_mb"] / sum(s["peak_rss_mb"] for s in solos),
     }
@@ -156,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"round time, cache:    early {early_c:.3f}s  late {late_c:.3f}s  ratio {late_c / early_c:.2f}")
     print(f"round time, no cache: early {early_u:.3f}s  late {late_u:.3f}s  ratio {late_u / early_u:.2f}")
     print(f"end to end: cache {cached['seconds']:.1f}s, no cache {uncached['seconds']:.1f}s, speedup {report['cache_speedup']:.2f}x")
+    for label, run in (("cache", cached), ("no cache", uncached)):
+        phases = run["phase_totals_s"]
+        print(f"time split, {label}: draft {phases['draft_s']:.1f}s, verify {phases['verify_s']:.1f}s, "
+              f"other {run['seconds'] - phases['draft_s'] - phases['verify_s']:.1f}s")  # fmt: skip
     solo_text = ", ".join(f"{s['member']} {s['tokens_per_s']:.2f}" for s in solos)
     print(f"throughput: ensemble {cached['tokens_per_s']:.2f} tok/s, bound {bound:.2f} tok/s, "
           f"ratio {report['throughput_over_bound']:.2f} (solo: {solo_text})")  # fmt: skip
