@@ -10,9 +10,11 @@ round is a consensus round with one draft call, so its decoding is exactly the m
 continuation through the same session code the ensemble uses.
 
 Responses are cached per (configuration, prompt) as JSON files under
-``<results>/<run-id>/<configuration>/<key>.json`` (the run id encodes members, budget and segment
-length), so an interrupted run continues where it stopped. Prompts are processed prompt-major (every
-configuration answers prompt 1, then prompt 2, ...) so an interrupted run has the same N everywhere.
+``<results>/<run-id>/<configuration>[-<options hash>]/<key>.json`` (the run id encodes members, budget
+and segment length; the hash every fusion option, so a changed default or a ``--fusion KEY=VALUE``
+override never reuses stale answers), so an interrupted run continues where it stopped. Prompts are
+processed prompt-major (every configuration answers prompt 1, then prompt 2, ...) so an interrupted
+run has the same N everywhere.
 
 Outputs: ``results.md`` (a table) and ``quality.png`` (prompt-level accuracy vs member calls per
 round) in the run directory; ``--json`` prints one JSON object as the last line.
@@ -21,6 +23,7 @@ round) in the run directory; ``--json`` prints one JSON object as the last line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -98,14 +101,49 @@ def run_id(member_specs: Sequence[str], max_tokens: int, segment_tokens: int) ->
 # -- the resumable response cache -------------------------------------------------------------------
 
 
-class ResponseCache:
-    """One JSON file per (configuration, prompt key), written atomically."""
+def fusion_options(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Every FusionConfig option of a fused configuration (validated), generation settings aside."""
+    from specfuse_core import FusionConfig
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    options = dataclasses.asdict(FusionConfig(**{**FUSION_CONFIGS[config], **overrides}))
+    for generation_setting in ("extra", "temperature", "top_p", "seed", "max_tokens", "segment_tokens", "stop"):
+        options.pop(generation_setting)
+    return options
+
+
+def cache_dirname(config: str, overrides: dict[str, Any]) -> str:
+    """``specfuse+exit-1a2b3c4d``: the configuration plus a hash of all its fusion options."""
+    if config not in FUSION_CONFIGS:
+        return config
+    blob = json.dumps(fusion_options(config, overrides), sort_keys=True)
+    return f"{config}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def parse_fusion_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["score_mode=mean_logprob", "exit_temperature=0.5"]`` → a dict (values parsed as JSON when they can be)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--fusion takes KEY=VALUE, got {pair!r}")
+        try:
+            overrides[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[name] = raw
+    return overrides
+
+
+class ResponseCache:
+    """One JSON file per (configuration, prompt key), written atomically.
+
+    ``dirnames`` maps a configuration to its directory (default: its name)."""
+
+    def __init__(self, root: str | os.PathLike[str], dirnames: dict[str, str] | None = None) -> None:
         self.root = Path(root)
+        self.dirnames = dict(dirnames or {})
 
     def path(self, config: str, key: Any) -> Path:
-        return self.root / config / f"{key}.json"
+        return self.root / self.dirnames.get(config, config) / f"{key}.json"
 
     def get(self, config: str, key: Any) -> dict[str, Any] | None:
         path = self.path(config, key)
@@ -200,12 +238,13 @@ def make_answerer(member_specs: Sequence[str], args: argparse.Namespace) -> Any:
     members = [load_member(spec, **options) for spec in member_specs]
     by_label = {member_label(s): m for s, m in zip(member_specs, members)}
     base = FusionConfig(temperature=0, max_tokens=args.max_tokens, segment_tokens=args.segment_tokens)
+    overrides = parse_fusion_overrides(args.fusion or [])
 
     def answer(config: str, row: dict[str, Any]) -> dict[str, Any]:
         if config in by_label:
             ensemble = Ensemble([by_label[config]], base)
         else:
-            ensemble = Ensemble(members, base.replace(**FUSION_CONFIGS[config]))
+            ensemble = Ensemble(members, base.replace(**{**FUSION_CONFIGS[config], **overrides}))
         messages = [{"role": "user", "content": row["prompt"]}]
         start = time.perf_counter()
         result = ensemble.generate(messages)
@@ -414,7 +453,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"N = {meta['n']} prompts of `{meta['data']}` (the first N lines), members: "
         + ", ".join(f"`{m}`" for m in meta["members"])
         + f"; greedy, max_tokens {meta['max_tokens']}, segment_tokens {meta['segment_tokens']}, device "
-        f"`{meta['device']}`.",
+        f"`{meta['device']}`."
+        + ("".join(f" Fusion override: `{k}={v}`." for k, v in meta.get("fusion_overrides", {}).items())),
         "",
         "Accuracy in % (IFEval, Zhou et al. 2023, arXiv 2311.07911; rule-based, offline scoring). "
         "Calls per round = draft + scoring calls / rounds. Win share = share of contested (non-consensus) "
@@ -502,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256,
                    help="answer budget in the first member's tokens (default 256)")  # fmt: skip
     p.add_argument("--segment-tokens", type=int, default=10, help="tokens per drafted segment (default 10)")
+    p.add_argument("--fusion", action="append", metavar="KEY=VALUE", help=(
+        "a FusionConfig option for every fused configuration, repeatable (e.g. score_mode=mean_logprob, "
+        "exclude_self_scores=true); results go to their own directories and files"))  # fmt: skip
     p.add_argument("--limit", type=int, help="only the first N prompts")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results directory (default {DEFAULT_RESULTS})")
     p.add_argument("--device", help="device for the members (cpu, cuda, ...)")
@@ -520,7 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs = expand_configs(args.configs, member_specs)
     prompts = load_prompts(args.data, args.limit)
     run_dir = resolve(args.results) / run_id(member_specs, args.max_tokens, args.segment_tokens)
-    cache = ResponseCache(run_dir)
+    overrides = parse_fusion_overrides(args.fusion or [])
+    cache = ResponseCache(run_dir, {c: cache_dirname(c, overrides) for c in configs})
+    suffix = "".join(f"-{k}={v}" for k, v in sorted(overrides.items())).replace("/", "_")
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     if args.score_only:
@@ -555,14 +600,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = min((r["n"] for r in rows), default=0)
     meta = {"n": n, "data": args.data, "members": member_specs, "max_tokens": args.max_tokens,
             "segment_tokens": args.segment_tokens, "device": args.device or "auto (cpu here)",
-            "run_dir": str(run_dir)}  # fmt: skip
+            "run_dir": str(run_dir), "fusion_overrides": overrides}  # fmt: skip
     (run_dir).mkdir(parents=True, exist_ok=True)
     report = markdown_table(rows, meta) + ("\n" + diagnostics_markdown(diag, comparison) if diag else "")
-    (run_dir / "results.md").write_text(report, encoding="utf-8")
-    plot(rows, meta, run_dir / "quality.png")
+    report_path, plot_path = run_dir / f"results{suffix}.md", run_dir / f"quality{suffix}.png"
+    report_path.write_text(report, encoding="utf-8")
+    plot(rows, meta, plot_path)
     if log:
         log(report)
-        log(f"wrote {run_dir / 'results.md'} and {run_dir / 'quality.png'}")
+        log(f"wrote {report_path} and {plot_path}")
     if args.json:
         print(json.dumps({**meta, "configs": rows, "diagnostics": diag, "per_prompt": comparison}))
     return 0

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from .config import SCORE_MODES, FusionConfig
+from .config import EXIT_QUALITIES, SCORE_MODES, WEIGHT_SCHEDULES, FusionConfig
 from .errors import SpecFuseError
 from .trace import FusionResult
 
@@ -34,10 +34,19 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", metavar="TEXT", help="stop string, repeatable")
     parser.add_argument("--score-mode", choices=SCORE_MODES, default="mean_prob", help="per-candidate score")
     parser.add_argument("--normalize", choices=("sum", "softmax"), default="sum", help="per-scorer normalisation")
+    parser.add_argument("--softmax-temperature", type=float, default=1.0, help="temperature of --normalize softmax")
     parser.add_argument("--exclude-self", action="store_true", help="a scorer does not vote for its own draft")
     parser.add_argument("--no-kv-cache", action="store_true", help="re-read the whole context every round (baseline)")
     parser.add_argument("--exit", action="store_true", help="model exit: drop members that keep losing")
+    parser.add_argument("--exit-min-rounds", type=int, default=3, help="verified rounds before an exit (default 3)")
+    parser.add_argument("--exit-temperature", type=float, default=1.0, help="softmax temperature over Q (default 1)")
+    parser.add_argument("--exit-entropy", type=float, default=0.6, help="exit fires below this normalised entropy")
+    parser.add_argument("--exit-share", type=float, default=0.5, help="a member exits below this share of 1/n")
+    parser.add_argument("--exit-quality", choices=EXIT_QUALITIES, default="wins",
+                        help="what Q accumulates: rounds won (default) or aggregated scores")  # fmt: skip
     parser.add_argument("--weights", action="store_true", help="online (Hedge) weights over scorers")
+    parser.add_argument("--weights-eta0", type=float, default=1.0, help="Hedge learning rate η0 (default 1)")
+    parser.add_argument("--weights-schedule", choices=WEIGHT_SCHEDULES, default="1/t", help="η_t decay (default 1/t)")
     parser.add_argument("--device", help="device for local members (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--dtype", help="dtype for local members (float32, bfloat16, float16)")
 
@@ -69,10 +78,18 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         stop=tuple(args.stop or ()),
         score_mode=args.score_mode,
         normalize=args.normalize,
+        softmax_temperature=args.softmax_temperature,
         exclude_self_scores=args.exclude_self,
         cache=not args.no_kv_cache,
         exit=args.exit,
+        exit_min_rounds=args.exit_min_rounds,
+        exit_temperature=args.exit_temperature,
+        exit_entropy=args.exit_entropy,
+        exit_share=args.exit_share,
+        exit_quality=args.exit_quality,
         weights=args.weights,
+        weights_eta0=args.weights_eta0,
+        weights_schedule=args.weights_schedule,
     )
 
 

@@ -12,10 +12,12 @@ from .errors import ConfigError
 ScoreMode = Literal["mean_prob", "mean_logprob", "mean_logit"]
 Normalization = Literal["sum", "softmax"]
 WeightSchedule = Literal["1/t", "1/sqrt(t)"]
+ExitQuality = Literal["wins", "scores"]
 
 SCORE_MODES: tuple[str, ...] = ("mean_prob", "mean_logprob", "mean_logit")
 NORMALIZATIONS: tuple[str, ...] = ("sum", "softmax")
 WEIGHT_SCHEDULES: tuple[str, ...] = ("1/t", "1/sqrt(t)")
+EXIT_QUALITIES: tuple[str, ...] = ("wins", "scores")
 
 DEFAULT_DRAFT_TEMPERATURE = 0.6
 DEFAULT_DRAFT_TOP_P = 0.9
@@ -26,6 +28,12 @@ class FusionConfig:
     """Options of one SpecFuse request (algorithm.md §3–§8 give the meaning of each).
 
     ``temperature=None`` means the reference defaults (0.6, top_p 0.9); ``temperature=0`` is greedy.
+
+    ``exit_quality`` is what model exit accumulates per member in ``Q``: ``"wins"`` (default) adds 1
+    for each verified round the member's candidate wins, so ``exit_temperature`` is measured in rounds
+    won; ``"scores"`` adds the candidate's aggregated score, as algorithm.md §4 words it. Aggregated
+    scores of fluent candidates sit close together (two members split about 0.49/0.51 a round), so with
+    ``"scores"`` exit needs a much lower ``exit_temperature`` to ever fire.
     """
 
     segment_tokens: int = 10
@@ -45,6 +53,7 @@ class FusionConfig:
     exit_temperature: float = 1.0
     exit_entropy: float = 0.6
     exit_share: float = 0.5
+    exit_quality: ExitQuality = "wins"
     # Online weights (algorithm.md §5).
     weights: bool = False
     weights_eta0: float = 1.0
@@ -70,6 +79,10 @@ class FusionConfig:
             raise ConfigError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {self.score_mode!r}")
         if self.normalize not in NORMALIZATIONS:
             raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if self.exit_quality not in EXIT_QUALITIES:
+            raise ConfigError(
+                f"exit_quality must be one of {', '.join(EXIT_QUALITIES)}, got {self.exit_quality!r}"
+            )
         if self.weights_schedule not in WEIGHT_SCHEDULES:
             raise ConfigError(
                 f"weights_schedule must be one of {', '.join(WEIGHT_SCHEDULES)}, got {self.weights_schedule!r}"

@@ -355,7 +355,7 @@ class _Request:
         weights_used = dict(self.weights)
         if len(proposals) > 1:
             self.verified_rounds += 1
-            self._update_policies(proposals, scorer_names, matrix, totals)
+            self._update_policies(proposals, scorer_names, matrix, totals, winner)
         accepted, finish = self._broadcast(proposals[winner] if proposals else None)
         exits, self._pending_exits = tuple(self._pending_exits), []
         return SegmentEvent(
@@ -429,12 +429,18 @@ class _Request:
         return totals, scoring.select_winner(totals, self_scores, first_drafter)
 
     def _update_policies(
-        self, proposals: list[_Proposal], scorer_names: list[str], matrix: list[list[float | None]], totals: list[float]
+        self,
+        proposals: list[_Proposal],
+        scorer_names: list[str],
+        matrix: list[list[float | None]],
+        totals: list[float],
+        winner: int,
     ) -> None:
         config = self.config
-        for proposal, total in zip(proposals, totals):
+        credits = policies.round_quality(totals, winner, config.exit_quality)
+        for proposal, credit in zip(proposals, credits):
             for name in proposal.drafters:
-                self.quality[name] = self.quality.get(name, 0.0) + total
+                self.quality[name] = self.quality.get(name, 0.0) + credit
         if config.weights and len(scorer_names) > 1:
             columns = [[i for i, p in enumerate(proposals) if name in p.drafters] for name in scorer_names]
             rewards = policies.hedge_rewards(matrix, columns)
@@ -456,7 +462,8 @@ class _Request:
                 share=config.exit_share,
             )
             for i in decision.exiting:
-                self._exit(candidates[i], "low cumulative score", p=decision.p[i], entropy=decision.entropy)
+                reason = f"low cumulative {config.exit_quality}"
+                self._exit(candidates[i], reason, p=decision.p[i], entropy=decision.entropy)
 
     def _broadcast(self, proposal: _Proposal | None) -> tuple[str, FinishReason | None]:
         """Append the winner, apply stop strings and the token budget, sync every session (§3.7)."""

@@ -21,6 +21,14 @@ def normalized_entropy(p: Sequence[float]) -> float:
     return -sum(x * math.log(x) for x in p if x > 0) / math.log(len(p))
 
 
+def round_quality(totals: Sequence[float], winner: int, kind: str) -> list[float]:
+    """What one verified round adds to each candidate's drafters' ``Q``: 1 to the winner and 0 to
+    the rest (``"wins"``), or each candidate's aggregated score (``"scores"``)."""
+    if kind == "scores":
+        return list(totals)
+    return [1.0 if i == winner else 0.0 for i in range(len(totals))]
+
+
 @dataclass(frozen=True)
 class ExitDecision:
     """Who exits after a round, with the numbers that decided it."""

@@ -87,6 +87,7 @@ _FUSION_FIELDS: dict[str, str] = {
     "exit_temperature": "exit_temperature",
     "exit_entropy": "exit_entropy",
     "exit_share": "exit_share",
+    "exit_quality": "exit_quality",
     "weights": "weights",
     "weights_eta0": "weights_eta0",
     "weights_schedule": "weights_schedule",
@@ -255,6 +256,7 @@ class SpecFuseChatModel(BaseChatModel):
     exit_temperature: float | None = None
     exit_entropy: float | None = None
     exit_share: float | None = None
+    exit_quality: Literal["wins", "scores"] | None = None
     weights: bool | None = None
     weights_eta0: float | None = None
     weights_schedule: Literal["1/t", "1/sqrt(t)"] | None = None

@@ -82,6 +82,19 @@ def test_invalid_options_fail_at_construction():
         SpecFuseChatModel(members=[])
 
 
+def test_every_fusion_option_is_a_field():
+    import dataclasses
+
+    from specfuse_core import FusionConfig
+    from specfuse_integrations.langchain import _FUSION_FIELDS
+
+    # stop is LangChain's own field; extra is internal.
+    assert {f.name for f in dataclasses.fields(FusionConfig)} - set(_FUSION_FIELDS.values()) == {"stop", "extra"}
+    assert all(name in SpecFuseChatModel.model_fields for name in _FUSION_FIELDS)
+    with pytest.raises(ValidationError, match="exit_quality\n  Input should be 'wins' or 'scores'"):
+        SpecFuseChatModel(exit_quality="votes")
+
+
 def test_message_translation():
     converted = to_specfuse_messages(
         [

@@ -122,6 +122,21 @@ def test_model_exit_drops_constant_loser_but_never_the_leader_and_goes_solo():
     assert result.summary()["calls_per_round"] < 4
 
 
+def test_exit_counts_rounds_won_by_default_but_scores_when_asked():
+    # Both scorers prefer "good" by a hair: the loser loses every round, but by 0.51/0.49.
+    def make() -> list[ScriptedMember]:
+        return [ScriptedMember("good", [("good w", False)] * 8 + [("end", True)], prob=likes("good", 0.90, 0.86)),
+                ScriptedMember("bad", [("bad w", False)], prob=likes("good", 0.90, 0.86))]  # fmt: skip
+
+    by_wins = Ensemble(make(), FusionConfig(exit=True, max_tokens=200)).generate(MESSAGES)
+    assert [(x.member, x.round, x.reason) for x in by_wins.exits] == [("bad", 3, "low cumulative wins")]
+    by_scores = Ensemble(make(), FusionConfig(exit=True, exit_quality="scores", max_tokens=200)).generate(MESSAGES)
+    assert by_scores.exits == () and by_scores.rounds == 9
+    assert by_scores.trace[0].totals == pytest.approx((0.90 / 1.76, 0.86 / 1.76))
+    low_temperature = FusionConfig(exit=True, exit_quality="scores", exit_temperature=0.05, max_tokens=200)
+    assert [x.member for x in Ensemble(make(), low_temperature).generate(MESSAGES).exits] == ["bad"]
+
+
 def test_hedge_weights_follow_the_formula():
     a = ScriptedMember("a", [("alpha", False), ("alpha", True)], prob=likes("alpha"))
     b = ScriptedMember("b", [("beta", False), ("beta", True)], prob=likes("alpha"))

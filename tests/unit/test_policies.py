@@ -31,6 +31,12 @@ def test_leader_never_exits_even_with_extreme_settings():
     assert 0 not in decision.exiting  # on a tie the earlier member leads
 
 
+def test_round_quality_credits_the_winner_or_every_aggregated_score():
+    assert policies.round_quality([0.49, 0.51], 1, "wins") == [0.0, 1.0]
+    assert policies.round_quality([0.2, 0.5, 0.3], 0, "wins") == [1.0, 0.0, 0.0]
+    assert policies.round_quality([0.49, 0.51], 1, "scores") == [0.49, 0.51]
+
+
 def test_hedge_rewards_by_hand():
     # Scorers/members 0,1,2; member i proposed candidate i.
     raw = [[0.9, 0.1, 0.5], [0.2, 0.8, 0.4], [0.6, 0.6, 0.3]]

@@ -216,3 +216,18 @@ def test_diagnostics_explain_contested_rounds() -> None:
     table = quality.diagnostics_markdown({"specfuse": diag}, {"specfuse": {"a": {"fused_only": 1, "member_only": 0,
                                                                                   "both": 2}}})  # fmt: skip
     assert "| specfuse | 2 |" in table and "| specfuse | a | 1 | 0 | 2 |" in table
+
+
+def test_fusion_overrides_and_cache_directories():
+    pairs = ["score_mode=mean_logprob", "exclude_self_scores=true", "exit_temperature=0.5"]
+    assert quality.parse_fusion_overrides(pairs) == {
+        "score_mode": "mean_logprob", "exclude_self_scores": True, "exit_temperature": 0.5}  # fmt: skip
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        quality.parse_fusion_overrides(["score_mode"])
+    assert quality.cache_dirname("smollm2-135m-instruct", {}) == "smollm2-135m-instruct"
+    plain, exiting = quality.cache_dirname("specfuse", {}), quality.cache_dirname("specfuse+exit", {})
+    assert plain.startswith("specfuse-") and exiting.startswith("specfuse+exit-") and plain[-8:] != exiting[-8:]
+    assert quality.cache_dirname("specfuse", {"score_mode": "mean_logprob"}) != plain
+    assert quality.cache_dirname("specfuse", {}) == plain  # stable
+    cache = quality.ResponseCache("/r", {"specfuse": plain})
+    assert str(cache.path("specfuse", 7)) == f"/r/{plain}/7.json"

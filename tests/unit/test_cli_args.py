@@ -1,0 +1,32 @@
+"""The `specfuse ask` options reach FusionConfig (parsing only; no models)."""
+
+import pytest
+
+from specfuse_core.cli import build_parser, config_from_args
+from specfuse_core.errors import ConfigError
+
+
+def parse(*args: str):
+    return config_from_args(build_parser().parse_args(["ask", "hi", *args]))
+
+
+def test_defaults_match_fusion_config():
+    from specfuse_core import FusionConfig
+
+    assert parse() == FusionConfig()
+
+
+def test_policy_options_reach_the_config():
+    config = parse("--exit", "--exit-min-rounds", "2", "--exit-temperature", "0.5", "--exit-entropy", "0.4",
+                   "--exit-share", "0.8", "--exit-quality", "scores", "--weights", "--weights-eta0", "2",
+                   "--weights-schedule", "1/sqrt(t)", "--normalize", "softmax", "--softmax-temperature", "0.3")  # fmt: skip
+    assert (config.exit, config.exit_min_rounds, config.exit_temperature, config.exit_entropy, config.exit_share) == (
+        True, 2, 0.5, 0.4, 0.8)  # fmt: skip
+    assert config.exit_quality == "scores"
+    assert (config.weights, config.weights_eta0, config.weights_schedule) == (True, 2.0, "1/sqrt(t)")
+    assert (config.normalize, config.softmax_temperature) == ("softmax", 0.3)
+
+
+def test_out_of_range_policy_option_is_a_config_error():
+    with pytest.raises(ConfigError, match="exit_entropy must be in \\[0, 1\\]"):
+        parse("--exit-entropy", "2")
