@@ -308,11 +308,12 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
     - ``flip_if_exclude_self``: share of rounds whose winner would change (that round only) if a
       scorer did not vote on its own draft (engine tie-break included; with two single-drafter
       candidates and ``sum`` normalisation the totals always tie, so the higher self-score wins);
-    - ``final_quality_gap``: median over answers of the gap between the members' cumulative quality
-      ``Q`` (the sum of their drafts' aggregated scores, algorithm.md §4) at the end of the answer;
-    - ``min_exit_entropy``: median over answers of the lowest normalised entropy of ``softmax(Q)``
-      (exit temperature 1) reached while both members were active; model exit needs it below
-      ``exit_entropy`` (0.6 by default).
+    - ``final_quality_gap[kind]``: median over answers of the gap between the members' cumulative
+      quality ``Q`` at the end of the answer, with ``Q`` counting rounds won (``wins``, the default
+      ``exit_quality``) or summing aggregated scores (``scores``, algorithm.md §4's wording);
+    - ``min_exit_entropy[kind]``: median over answers of the lowest normalised entropy of
+      ``softmax(Q)`` (exit temperature 1) reached while both members were active; model exit needs it
+      below ``exit_entropy`` (0.6 by default).
     """
     from specfuse_core import policies, scoring
 
@@ -322,22 +323,28 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
     decided = {m: 0 for m in member_names}
     raw: dict[str, dict[str, list[float]]] = {j: {k: [] for k in member_names} for j in member_names}
     agree = flips = contested = 0
-    gaps: list[float] = []
-    min_entropy: list[float] = []
+    kinds = ("wins", "scores")
+    gaps: dict[str, list[float]] = {kind: [] for kind in kinds}
+    min_entropy: dict[str, list[float]] = {kind: [] for kind in kinds}
     for record in records:
-        quality = {m: 0.0 for m in member_names}
-        lowest, verified = 1.0, 0
+        quality = {kind: {m: 0.0 for m in member_names} for kind in kinds}
+        lowest, verified = dict.fromkeys(kinds, 1.0), 0
         for t in record.get("trace", []):
             if t.get("consensus", True) or not t.get("totals") or len(t.get("active", member_names)) < 2:
                 continue
             verified += 1
-            for d, total in zip(t["candidate_drafters"], t["totals"]):
-                for k in d:
-                    quality[k] = quality.get(k, 0.0) + total
-            lowest = min(lowest, policies.normalized_entropy(policies.softmax(list(quality.values()))))
+            winner = t["candidate_drafters"].index(t["winners"]) if t["winners"] in t["candidate_drafters"] else -1
+            for kind in kinds:
+                credits = policies.round_quality(t["totals"], winner, kind)
+                for d, credit in zip(t["candidate_drafters"], credits):
+                    for k in d:
+                        quality[kind][k] = quality[kind].get(k, 0.0) + credit
+                entropy = policies.normalized_entropy(policies.softmax(list(quality[kind].values())))
+                lowest[kind] = min(lowest[kind], entropy)
         if verified:
-            gaps.append(max(quality.values()) - min(quality.values()))
-            min_entropy.append(lowest)
+            for kind in kinds:
+                gaps[kind].append(max(quality[kind].values()) - min(quality[kind].values()))
+                min_entropy[kind].append(lowest[kind])
         for index, t in enumerate(record.get("trace", []), start=1):
             if t.get("consensus", True) or not t.get("scores"):
                 continue
@@ -383,8 +390,8 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
         "mean_raw_score": {j: {k: round(sum(v) / len(v), 4) if v else None for k, v in row.items()}
                            for j, row in raw.items()},  # fmt: skip
         "flip_if_exclude_self": share(flips, contested),
-        "final_quality_gap": round(statistics.median(gaps), 3) if gaps else None,
-        "min_exit_entropy": round(statistics.median(min_entropy), 3) if min_entropy else None,
+        "final_quality_gap": {k: round(statistics.median(v), 3) if v else None for k, v in gaps.items()},
+        "min_exit_entropy": {k: round(statistics.median(v), 3) if v else None for k, v in min_entropy.items()},
     }
 
 
@@ -411,8 +418,9 @@ def diagnostics_markdown(diag: dict[str, dict[str, Any]], comparison: dict[str, 
              "which a scorer's top raw score went to its own draft. Decided by = share of rounds won by that "
              "scorer's first choice. Flip if exclude-self = rounds whose winner would change, that round only, "
              "if scorers did not vote on their own drafts. Q gap = difference of the members' cumulative "
-             "quality (sum of aggregated scores) at the end of an answer; model exit fires only once the "
-             "normalised entropy of softmax(Q) drops below exit_entropy (0.6).", "",
+             "quality at the end of an answer, counted in rounds won (wins, the default exit_quality) or "
+             "as summed aggregated scores (scores); model exit fires only once the normalised entropy of "
+             "softmax(Q) drops below exit_entropy (0.6).", "",
              "| configuration | contested | win share rounds 1-3 | win share rounds 4+ | self-preference | "
              "scorers agree | decided by | mean raw score (scorer → drafter) | flip if exclude-self | "
              "final Q gap (median) | min exit entropy (median) |",
@@ -428,7 +436,8 @@ def diagnostics_markdown(diag: dict[str, dict[str, Any]], comparison: dict[str, 
         lines.append(
             f"| {config} | {d['contested_rounds']} | {fmt(phases['rounds 1-3'])} | {fmt(phases['rounds 4+'])} | "
             f"{fmt(d['self_preference'])} | {_pct(d['scorer_agreement'])}% | {fmt(d['decided_by'])} | {raw} | "
-            f"{_pct(d['flip_if_exclude_self'])}% | {d['final_quality_gap']} | {d['min_exit_entropy']} |"
+            f"{_pct(d['flip_if_exclude_self'])}% | {_by_kind(d['final_quality_gap'])} | "
+            f"{_by_kind(d['min_exit_entropy'])} |"
         )
     if comparison:
         lines += ["", "Per prompt (prompt-level loose): prompts only the fused configuration follows / only the "
@@ -440,6 +449,10 @@ def diagnostics_markdown(diag: dict[str, dict[str, Any]], comparison: dict[str, 
                 lines.append(f"| {config} | {m} | {c['fused_only']} | {c['member_only']} | {c['both']} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _by_kind(values: dict[str, float | None]) -> str:
+    return " / ".join(f"{k} {v}" for k, v in values.items())
 
 
 def _pct(x: float) -> str:

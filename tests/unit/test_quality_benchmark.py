@@ -211,8 +211,10 @@ def test_diagnostics_explain_contested_rounds() -> None:
     # totals are not stored by _fake_record: no quality accumulates
     records = [dict(r, trace=[dict(t, totals=[0.7, 0.3], active=["a", "b"]) for t in r["trace"]]) for r in records]
     diag = quality.diagnostics(records, ["a", "b"])
-    assert diag["final_quality_gap"] == pytest.approx(0.4)  # one contested round: Q = (0.7, 0.3)
-    assert 0.9 < diag["min_exit_entropy"] < 1.0  # softmax((0.7, 0.3)) is nearly uniform: no exit
+    # one contested round, won by a: Q = (1, 0) in wins, (0.7, 0.3) in scores
+    assert diag["final_quality_gap"] == {"wins": pytest.approx(1.0), "scores": pytest.approx(0.4)}
+    assert 0.9 < diag["min_exit_entropy"]["scores"] < 1.0  # softmax((0.7, 0.3)) is nearly uniform: no exit
+    assert diag["min_exit_entropy"]["wins"] == pytest.approx(0.8393, abs=1e-3)  # softmax((1, 0))
     table = quality.diagnostics_markdown({"specfuse": diag}, {"specfuse": {"a": {"fused_only": 1, "member_only": 0,
                                                                                   "both": 2}}})  # fmt: skip
     assert "| specfuse | 2 |" in table and "| specfuse | a | 1 | 0 | 2 |" in table
