@@ -149,7 +149,8 @@ def _parse_model(model: str) -> list[str]:
 
 
 class _RunCapture(BaseCallbackHandler):
-    """Learns the run id of a ``stream``/``astream`` call.
+    """Learns the run id of a ``stream``/``astream`` call, or of an ``invoke``/``ainvoke`` that streams
+    (``streaming=True``).
 
     LangChain does not hand ``_stream``/``_astream`` their run manager, so without this the
     per-segment custom events could not be attributed to the chat model's own run.
@@ -413,7 +414,27 @@ class SpecFuseChatModel(BaseChatModel):
         manager.parent_run_id = capture.run_id
         return {"callbacks": manager}
 
-    # -- streaming entry points: only to learn the run id for the segment events ------------------
+    # -- entry points wrapped only to learn the run id for the segment events ----------------------
+
+    def invoke(
+        self, input: Any, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> AIMessage:
+        config, capture = _with_capture(config)
+        token = _CURRENT_RUN.set(capture)
+        try:
+            return super().invoke(input, config, stop=stop, **kwargs)
+        finally:
+            _CURRENT_RUN.reset(token)
+
+    async def ainvoke(
+        self, input: Any, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any
+    ) -> AIMessage:
+        config, capture = _with_capture(config)
+        token = _CURRENT_RUN.set(capture)
+        try:
+            return await super().ainvoke(input, config, stop=stop, **kwargs)
+        finally:
+            _CURRENT_RUN.reset(token)
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, *, stop: list[str] | None = None, **kwargs: Any

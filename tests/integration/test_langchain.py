@@ -237,6 +237,19 @@ def test_streaming_one_chunk_and_one_event_per_segment(llm):
 
 
 @slow
+async def test_invoke_with_streaming_true_sends_segment_events(llm):
+    streaming = SpecFuseChatModel(ensemble=llm.get_ensemble(), streaming=True, temperature=0, max_tokens=16,
+                                  segment_tokens=5)  # fmt: skip
+    log = SegmentLog()
+    message = streaming.invoke(QUESTION, config={"callbacks": [log]})
+    assert log.events and len(log.events) == message.response_metadata["specfuse"]["rounds"]
+    assert "".join(e["text"] for e in log.events) == message.content == "".join(log.tokens)
+    alog = SegmentLog()
+    amessage = await streaming.ainvoke(QUESTION, config={"callbacks": [alog]})
+    assert [e["text"] for e in alog.events] == [e["text"] for e in log.events] and amessage.content == message.content
+
+
+@slow
 async def test_async_paths_match_sync(llm):
     sync_text = llm.invoke(QUESTION).content
     assert (await llm.ainvoke(QUESTION)).content == sync_text
