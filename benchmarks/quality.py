@@ -490,6 +490,21 @@ def markdown_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def label_groups(
+    points: Sequence[tuple[float, float, str]], x_tolerance: float, y_tolerance: float
+) -> list[tuple[float, float, list[str]]]:
+    """Points closer than the tolerances on both axes share one label, anchored at the first of them."""
+    groups: list[tuple[float, float, list[str]]] = []
+    for x, y, name in points:
+        for gx, gy, names in groups:
+            if abs(x - gx) < x_tolerance and abs(y - gy) < y_tolerance:
+                names.append(name)
+                break
+        else:
+            groups.append((x, y, [name]))
+    return groups
+
+
 def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
     """Accuracy (%) against member calls per round: prompt level (left) and instruction level (right).
 
@@ -514,18 +529,16 @@ def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> No
                        alpha=0.85)  # fmt: skip
             ax.scatter(r["calls_per_round"], 100 * r[f"{level}_strict"], marker="s", s=90, facecolors="none",
                        edgecolors=color, linewidths=1.6, zorder=3)  # fmt: skip
-        groups: dict[tuple[float, float], list[str]] = {}
-        for r in rows:
-            groups.setdefault((round(r["calls_per_round"], 1), round(100 * r[f"{level}_loose"], 0)), []).append(
-                r["config"]
-            )
-        for (x, y), names in groups.items():
+        xlim = (min(0.5, min(xs) - 0.3), max(xs) + 1.2)
+        ylim = (-4.0, min(105.0, max(ys) + 12) if max(ys) > 0 else 10.0)
+        points = [(r["calls_per_round"], 100 * r[f"{level}_loose"], r["config"]) for r in rows]
+        for x, y, names in label_groups(points, 0.06 * (xlim[1] - xlim[0]), 0.05 * (ylim[1] - ylim[0])):
             ax.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(10, 0), fontsize=8.5,
                         color="#222222", va="center")  # fmt: skip
         ax.set_title(f"{level}-level accuracy", fontsize=11)
         ax.set_xlabel("member calls per round (drafts + scoring passes)")
-        ax.set_xlim(min(0.5, min(xs) - 0.3), max(xs) + 1.2)
-        ax.set_ylim(-4, min(105, max(ys) + 12) if max(ys) > 0 else 10)
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("IFEval accuracy (%)")
     handles = [Line2D([], [], marker="o", linestyle="", color=colors[i % len(colors)], markersize=8, label=r["config"])

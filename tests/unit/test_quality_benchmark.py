@@ -233,3 +233,11 @@ def test_fusion_overrides_and_cache_directories():
     assert quality.cache_dirname("specfuse", {}) == plain  # stable
     cache = quality.ResponseCache("/r", {"specfuse": plain})
     assert str(cache.path("specfuse", 7)) == f"/r/{plain}/7.json"
+
+
+def test_plot_labels_of_nearby_points_are_merged_so_none_overlaps() -> None:
+    points = [(3.77, 15.0, "specfuse"), (2.89, 12.5, "specfuse+exit"), (2.81, 12.5, "specfuse+exit+weights"),
+              (1.0, 22.5, "a"), (1.0, 15.0, "b")]  # fmt: skip
+    groups = quality.label_groups(points, x_tolerance=0.3, y_tolerance=3.0)
+    assert [names for _, _, names in groups] == [["specfuse"], ["specfuse+exit", "specfuse+exit+weights"], ["a"], ["b"]]
+    assert groups[1][:2] == (2.89, 12.5)
