@@ -505,6 +505,28 @@ def label_groups(
     return groups
 
 
+def _shift_overlapping_labels(
+    fig: Any, labels: Sequence[Any], markers: Sequence[tuple[Any, float, float]], step_points: float = 11.0
+) -> None:
+    """Move each label down, in steps, until its box overlaps no marker and no earlier label."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    half = 7 * fig.dpi / 72
+    placed: list[Any] = []
+    for ax, x, y in markers:
+        px, py = ax.transData.transform((x, y))
+        placed.append(Bbox.from_extents(px - half, py - half, px + half, py + half))
+    for label in labels:
+        for _ in range(12):
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            x_offset, y_offset = label.xyann
+            label.xyann = (x_offset, y_offset - step_points)
+        placed.append(label.get_window_extent(renderer))
+
+
 def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
     """Accuracy (%) against member calls per round: prompt level (left) and instruction level (right).
 
@@ -522,6 +544,7 @@ def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> No
     xs = [r["calls_per_round"] for r in rows] or [1.0]
     ys = [100 * r[m] for r in rows for m in ("prompt_loose", "prompt_strict", "instruction_loose",
                                               "instruction_strict")] or [0.0]  # fmt: skip
+    labels, markers = [], []
     for ax, level in zip(axes, ("prompt", "instruction")):
         for i, r in enumerate(rows):
             color = colors[i % len(colors)]
@@ -532,9 +555,10 @@ def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> No
         xlim = (min(0.5, min(xs) - 0.3), max(xs) + 1.2)
         ylim = (-4.0, min(105.0, max(ys) + 12) if max(ys) > 0 else 10.0)
         points = [(r["calls_per_round"], 100 * r[f"{level}_loose"], r["config"]) for r in rows]
+        markers += [(ax, r["calls_per_round"], 100 * r[f"{level}_{kind}"]) for r in rows for kind in ("loose", "strict")]
         for x, y, names in label_groups(points, 0.06 * (xlim[1] - xlim[0]), 0.05 * (ylim[1] - ylim[0])):
-            ax.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(10, 0), fontsize=8.5,
-                        color="#222222", va="center")  # fmt: skip
+            labels.append(ax.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(10, 0),
+                                      fontsize=8.5, color="#222222", va="center"))  # fmt: skip
         ax.set_title(f"{level}-level accuracy", fontsize=11)
         ax.set_xlabel("member calls per round (drafts + scoring passes)")
         ax.set_xlim(*xlim)
@@ -550,6 +574,7 @@ def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> No
     fig.suptitle(f"IFEval dev: accuracy vs cost, N = {meta['n']} prompts, greedy decoding, "
                  f"max {meta['max_tokens']} tokens", fontsize=12)  # fmt: skip
     fig.tight_layout()
+    _shift_overlapping_labels(fig, labels, markers)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
