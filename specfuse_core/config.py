@@ -10,12 +10,16 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 ScoreMode = Literal["mean_prob", "mean_logprob", "mean_logit"]
-Normalization = Literal["sum", "softmax"]
+Normalization = Literal["sum", "softmax", "ratio", "calibrated", "rank"]
+ScoreSpan = Literal["full", "leading"]
 WeightSchedule = Literal["1/t", "1/sqrt(t)"]
 ExitQuality = Literal["wins", "scores"]
+ExitRule = Literal["entropy", "lead"]
 
 SCORE_MODES: tuple[str, ...] = ("mean_prob", "mean_logprob", "mean_logit")
-NORMALIZATIONS: tuple[str, ...] = ("sum", "softmax")
+NORMALIZATIONS: tuple[str, ...] = ("sum", "softmax", "ratio", "calibrated", "rank")
+SCORE_SPANS: tuple[str, ...] = ("full", "leading")
+EXIT_RULES: tuple[str, ...] = ("entropy", "lead")
 WEIGHT_SCHEDULES: tuple[str, ...] = ("1/t", "1/sqrt(t)")
 EXIT_QUALITIES: tuple[str, ...] = ("wins", "scores")
 
@@ -34,6 +38,20 @@ class FusionConfig:
     won; ``"scores"`` adds the candidate's aggregated score, as algorithm.md §4 words it. Aggregated
     scores of fluent candidates sit close together (two members split about 0.49/0.51 a round), so with
     ``"scores"`` exit needs a much lower ``exit_temperature`` to ever fire.
+
+    ``normalize``: ``sum`` (paper), ``softmax``, ``ratio`` (the reference code's plain ``s / Σ s``;
+    with ``score_mode="mean_logit"`` exactly the reference), ``calibrated`` (each scorer's margin in
+    units of its own running typical margin; the state is kept per request, and across requests with
+    ``keep_weights``) or ``rank`` (Borda, ties shared). See :mod:`specfuse_core.scoring`.
+
+    ``score_span``: ``full`` scores every candidate over all its tokens; ``leading`` scores every
+    candidate over the shortest candidate's token count (per scorer) and breaks ties towards the
+    longer candidate, which removes the mean score's preference for short candidates.
+
+    ``exit_rule``: ``entropy`` (algorithm.md §4) or ``lead``: after ``exit_min_rounds`` verified
+    rounds ``t``, a member exits when the leader's ``Q`` exceeds its own by at least
+    ``exit_lead_z · sqrt(t)``, a lead significant for the number of rounds played (with ``wins``, a
+    one-sided z-test against evenly matched members; 1.645 is the 5% level).
     """
 
     segment_tokens: int = 10
@@ -45,6 +63,7 @@ class FusionConfig:
     score_mode: ScoreMode = "mean_prob"
     normalize: Normalization = "sum"
     softmax_temperature: float = 1.0
+    score_span: ScoreSpan = "full"
     exclude_self_scores: bool = False
     cache: bool = True
     # Model exit (algorithm.md §4).
@@ -54,6 +73,8 @@ class FusionConfig:
     exit_entropy: float = 0.6
     exit_share: float = 0.5
     exit_quality: ExitQuality = "wins"
+    exit_rule: ExitRule = "entropy"
+    exit_lead_z: float = 1.645
     # Online weights (algorithm.md §5).
     weights: bool = False
     weights_eta0: float = 1.0
@@ -79,6 +100,10 @@ class FusionConfig:
             raise ConfigError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {self.score_mode!r}")
         if self.normalize not in NORMALIZATIONS:
             raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
+        if self.score_span not in SCORE_SPANS:
+            raise ConfigError(f"score_span must be one of {', '.join(SCORE_SPANS)}, got {self.score_span!r}")
+        if self.exit_rule not in EXIT_RULES:
+            raise ConfigError(f"exit_rule must be one of {', '.join(EXIT_RULES)}, got {self.exit_rule!r}")
         if self.exit_quality not in EXIT_QUALITIES:
             raise ConfigError(
                 f"exit_quality must be one of {', '.join(EXIT_QUALITIES)}, got {self.exit_quality!r}"
@@ -87,7 +112,7 @@ class FusionConfig:
             raise ConfigError(
                 f"weights_schedule must be one of {', '.join(WEIGHT_SCHEDULES)}, got {self.weights_schedule!r}"
             )
-        for name in ("softmax_temperature", "exit_temperature"):
+        for name in ("softmax_temperature", "exit_temperature", "exit_lead_z"):
             value = getattr(self, name)
             if not (_finite(value) and value > 0):
                 raise ConfigError(f"{name} must be > 0, got {value!r}")

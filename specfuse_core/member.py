@@ -39,12 +39,16 @@ class Draft:
 
     ``ended``: the drafter produced its end-of-turn/EOS token (not part of ``text``).
     ``hit_budget``: it stopped because it used all ``max_new_tokens``.
+    ``next_text``: for a draft that hit the budget, the text its own next (greedy) token would add,
+    when the drafter knows it (``""`` for an end-of-turn token); ``None`` when unknown. The engine
+    uses it to decide whether the draft ended inside a word (algorithm.md §3.2).
     """
 
     text: str
     ended: bool
     hit_budget: bool
     tokens: int
+    next_text: str | None = None
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,32 @@ def decide_exits(
     return ExitDecision(exiting, p, entropy)
 
 
+def decide_exits_by_lead(
+    cumulative_quality: Sequence[float], rounds_done: int, *, min_rounds: int, z: float
+) -> ExitDecision:
+    """Model exit on a significant lead: after ``t = rounds_done ≥ min_rounds`` verified rounds, member
+    i exits when ``Q_leader − Q_i ≥ z · sqrt(t)``. The leader (the argmax of ``Q``) never exits.
+
+    With ``Q`` counting rounds won and two evenly matched members, each verified round moves the lead
+    by ±1 with probability ½, so after ``t`` rounds the lead has mean 0 and standard deviation
+    ``sqrt(t)``: the rule is a one-sided z-test of "the leader wins more often" at the level of ``z``
+    (1.645: 5%). With z = 1.645, 2 wins to 1 after 3 rounds is not enough but 3 to 0 is (3 ≥ 2.85),
+    and after 16 rounds it takes 12 to 4 (lead 8 ≥ 6.58). ``p`` reports ``softmax(Q)`` and ``entropy``
+    its normalised entropy, for the trace.
+    """
+    n = len(cumulative_quality)
+    if n < 2:
+        return ExitDecision([], [1.0] * n, 0.0)
+    p = softmax(cumulative_quality)
+    entropy = normalized_entropy(p)
+    if rounds_done < min_rounds:
+        return ExitDecision([], p, entropy)
+    leader = max(range(n), key=lambda i: (cumulative_quality[i], -i))
+    needed = z * math.sqrt(rounds_done)
+    exiting = [i for i in range(n) if i != leader and cumulative_quality[leader] - cumulative_quality[i] >= needed]
+    return ExitDecision(exiting, p, entropy)
+
+
 def hedge_rewards(raw_scores: Sequence[Sequence[float | None]], proposer_columns: Sequence[Sequence[int]]) -> list[float]:
     """SpecEM reward of each scorer-member i in one round.
 

@@ -4,27 +4,64 @@ Notation follows the spec: ``s_j(i)`` is scorer j's score of candidate i, ``ŝ_j
 normalising over candidates, ``w_j`` the scorer weights and ``score(i) = Σ_j w_j · ŝ_j(i)``.
 A score matrix is a list of rows, one per scorer, one column per candidate; ``None`` marks a
 score that does not vote (an excluded self-score).
+
+Normalisations (``FusionConfig.normalize``), each one scorer's row ``s_j`` → ``ŝ_j`` summing to 1:
+
+- ``sum``:        ``s_j(i) / Σ_m s_j(m)``, log-domain scores exponentiated first (the paper);
+- ``softmax``:    ``exp(s_j(i)/T) / Σ_m exp(s_j(m)/T)``;
+- ``ratio``:      ``s_j(i) / Σ_m s_j(m)`` on the raw scores, never exponentiated (the reference code;
+  with ``mean_logit`` it is the reference exactly);
+- ``calibrated``: ``exp(s_j(i)/S_j) / Σ_m exp(s_j(m)/S_j)`` where ``S_j`` is scorer j's *typical
+  margin*, the running mean over rounds of its spread ``Δ_j = mean_{i<k} |s_j(i) − s_j(k)|``. A margin
+  of one typical margin is worth the same vote (e^1 : 1, 0.73 / 0.27) for every scorer, so a scorer
+  whose probabilities are sharp cannot outvote one whose probabilities are flat;
+- ``rank``:       Borda count, ``ŝ_j(i) = (#{k: s_j(k) < s_j(i)} + ½ #{k ≠ i: s_j(k) = s_j(i)}) / C(n, 2)``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .config import Normalization, ScoreMode
 
 LOG_DOMAIN_MODES = ("mean_logprob", "mean_logit")
+STATEFUL_NORMALIZATIONS = ("calibrated",)
 
 ScoreRow = list[float | None]
 
 
-def candidate_score(token_logprobs: Sequence[float], token_logits: Sequence[float], mode: ScoreMode) -> float:
+@dataclass(frozen=True)
+class MarginScale:
+    """A scorer's typical margin ``S_j``: the running mean of its per-round spreads ``Δ_j``.
+
+    ``total`` is ``Σ Δ_j`` over the ``rounds`` it has seen. The engine keeps one per scorer per request
+    (and across requests with ``keep_weights``).
+    """
+
+    total: float = 0.0
+    rounds: int = 0
+
+    @property
+    def value(self) -> float:
+        """``S_j = total / rounds`` (0 before any round)."""
+        return self.total / self.rounds if self.rounds else 0.0
+
+
+def candidate_score(
+    token_logprobs: Sequence[float], token_logits: Sequence[float], mode: ScoreMode, n_tokens: int | None = None
+) -> float:
     """``s_j(i)``: one scorer's score of one candidate from its per-token values.
 
     - ``mean_prob``:    (1/n) Σ_t p(x_t | x_<t)
     - ``mean_logprob``: (1/n) Σ_t log p(x_t | x_<t)
     - ``mean_logit``:   (1/n) Σ_t z(x_t | x_<t)   (the reference code's score)
+
+    ``n_tokens`` limits the mean to the first ``n_tokens`` tokens (``score_span="leading"``).
     """
+    if n_tokens is not None:
+        token_logprobs, token_logits = token_logprobs[:n_tokens], token_logits[:n_tokens]
     if mode == "mean_logit":
         values = [float(z) for z in token_logits]
     elif mode == "mean_logprob":
@@ -36,16 +73,111 @@ def candidate_score(token_logprobs: Sequence[float], token_logits: Sequence[floa
     return sum(values) / len(values)
 
 
+def leading_span(token_counts: Sequence[int]) -> int:
+    """``score_span="leading"``: every candidate is scored over ``min_i n_j(i)`` leading tokens, the
+    length of the shortest candidate in scorer j's tokenization, so a short candidate is not favoured
+    just because the first tokens after a boundary are the easy ones."""
+    if not token_counts or min(token_counts) < 1:
+        raise ValueError("every candidate needs at least one scored token")
+    return min(token_counts)
+
+
+def preference_spread(scores: ScoreRow) -> float | None:
+    """``Δ_j = mean_{i<k} |s_j(i) − s_j(k)|`` over the voting candidates (the margin, for two);
+    ``None`` when fewer than two candidates vote."""
+    values = [float(s) for s in scores if s is not None]
+    if len(values) < 2:
+        return None
+    pairs = [abs(a - b) for i, a in enumerate(values) for b in values[i + 1 :]]
+    return sum(pairs) / len(pairs)
+
+
+def update_margin_scale(scale: MarginScale, scores: ScoreRow) -> MarginScale:
+    """``S_j`` after one more round: ``Δ_j`` of this row joins the running mean (unchanged if no ``Δ_j``)."""
+    spread = preference_spread(scores)
+    if spread is None:
+        return scale
+    return MarginScale(scale.total + spread, scale.rounds + 1)
+
+
+def calibrated_row(scores: ScoreRow, typical_margin: float) -> list[float]:
+    """``ŝ_j(i) = exp(s_j(i)/S_j) / Σ_m exp(s_j(m)/S_j)``: this round's margins in units of the
+    scorer's typical margin ``S_j``. ``S_j = 0`` (no spread seen yet) gives a uniform vote."""
+    if typical_margin > 0:
+        return _softmax_row(scores, typical_margin)
+    return _uniform_row(scores)
+
+
+def rank_row(scores: ScoreRow) -> list[float]:
+    """Borda vote: ``ŝ_j(i) = (#{k: s_j(k) < s_j(i)} + ½ #{k ≠ i: s_j(k) = s_j(i)}) / C(n, 2)``."""
+    voting = [i for i, s in enumerate(scores) if s is not None]
+    out = [0.0] * len(scores)
+    if len(voting) < 2:
+        return _uniform_row(scores)
+    pairs = len(voting) * (len(voting) - 1) / 2
+    for i in voting:
+        below = sum(1 for k in voting if scores[k] < scores[i])  # type: ignore[operator]
+        tied = sum(1 for k in voting if k != i and scores[k] == scores[i])
+        out[i] = (below + 0.5 * tied) / pairs
+    return out
+
+
+def ratio_row(scores: ScoreRow) -> list[float]:
+    """``ŝ_j(i) = s_j(i) / Σ_m s_j(m)`` on the raw scores, whatever their domain (the reference code).
+    A zero total gives a uniform vote."""
+    voting = [i for i, s in enumerate(scores) if s is not None]
+    out = [0.0] * len(scores)
+    total = sum(float(scores[i]) for i in voting)  # type: ignore[arg-type]
+    if not voting or total == 0:
+        return _uniform_row(scores)
+    for i in voting:
+        out[i] = float(scores[i]) / total  # type: ignore[arg-type]
+    return out
+
+
+def _uniform_row(scores: ScoreRow) -> list[float]:
+    voting = [i for i, s in enumerate(scores) if s is not None]
+    return [1.0 / len(voting) if s is not None else 0.0 for s in scores]
+
+
+def _softmax_row(scores: ScoreRow, temperature: float) -> list[float]:
+    voting = [i for i, s in enumerate(scores) if s is not None]
+    out = [0.0] * len(scores)
+    if not voting:
+        return out
+    top = max(float(scores[i]) / temperature for i in voting)  # type: ignore[arg-type]
+    exps = {i: math.exp(float(scores[i]) / temperature - top) for i in voting}  # type: ignore[arg-type]
+    total = sum(exps.values())
+    for i, e in exps.items():
+        out[i] = e / total
+    return out
+
+
 def normalize_row(
-    scores: ScoreRow, method: Normalization, *, mode: ScoreMode = "mean_prob", temperature: float = 1.0
+    scores: ScoreRow,
+    method: Normalization,
+    *,
+    mode: ScoreMode = "mean_prob",
+    temperature: float = 1.0,
+    typical_margin: float | None = None,
 ) -> list[float]:
     """``ŝ_j``: one scorer's scores normalised over candidates so that they sum to 1.
 
     ``sum`` divides by the total: ``ŝ_j(i) = s_j(i) / Σ_m s_j(m)``. Log-domain scores
     (``mean_logprob``, ``mean_logit``) can be negative, so ``sum`` first maps them through ``exp``,
     which makes it equal to ``softmax`` at temperature 1. ``softmax`` computes
-    ``exp(s_j(i)/T) / Σ_m exp(s_j(m)/T)``. ``None`` entries get 0 and take no share.
+    ``exp(s_j(i)/T) / Σ_m exp(s_j(m)/T)``. ``ratio``, ``calibrated`` (needs ``typical_margin``, the
+    scorer's ``S_j``) and ``rank`` are :func:`ratio_row`, :func:`calibrated_row` and :func:`rank_row`.
+    ``None`` entries get 0 and take no share.
     """
+    if method == "ratio":
+        return ratio_row(scores)
+    if method == "rank":
+        return rank_row(scores)
+    if method == "calibrated":
+        if typical_margin is None:
+            raise ValueError("calibrated normalisation needs the scorer's typical margin")
+        return calibrated_row(scores, typical_margin)
     voting = [i for i, s in enumerate(scores) if s is not None]
     out = [0.0] * len(scores)
     if not voting:
@@ -64,10 +196,19 @@ def normalize_row(
 
 
 def normalize_matrix(
-    matrix: Sequence[ScoreRow], method: Normalization, *, mode: ScoreMode = "mean_prob", temperature: float = 1.0
+    matrix: Sequence[ScoreRow],
+    method: Normalization,
+    *,
+    mode: ScoreMode = "mean_prob",
+    temperature: float = 1.0,
+    typical_margins: Sequence[float] | None = None,
 ) -> list[list[float]]:
-    """Apply :func:`normalize_row` to every scorer's row."""
-    return [normalize_row(list(row), method, mode=mode, temperature=temperature) for row in matrix]
+    """Apply :func:`normalize_row` to every scorer's row (``typical_margins``: one ``S_j`` per row)."""
+    margins: Sequence[float | None] = typical_margins if typical_margins is not None else [None] * len(matrix)
+    return [
+        normalize_row(list(row), method, mode=mode, temperature=temperature, typical_margin=s)
+        for row, s in zip(matrix, margins)
+    ]
 
 
 def exclude_self_scores(matrix: Sequence[ScoreRow], scorer_proposed: Sequence[Sequence[bool]]) -> list[ScoreRow]:
@@ -85,11 +226,29 @@ def aggregate(normalized: Sequence[Sequence[float]], weights: Sequence[float]) -
     return [sum(w * row[i] for w, row in zip(weights, normalized)) for i in range(n_candidates)]
 
 
-def select_winner(totals: Sequence[float], self_scores: Sequence[float], first_drafter: Sequence[int]) -> int:
-    """The argmax of ``totals``; ties go to the higher mean self-score, then to the earlier member."""
+def select_winner(
+    totals: Sequence[float],
+    self_scores: Sequence[float],
+    first_drafter: Sequence[int],
+    *,
+    lengths: Sequence[int] | None = None,
+    tolerance: float = 0.0,
+) -> int:
+    """The argmax of ``totals``; ties go to the higher mean self-score, then to the earlier member.
+
+    With ``lengths`` (``score_span="leading"``) a tie goes to the longer candidate first. Totals within
+    ``tolerance`` of the best count as tied (scores of the same leading tokens from different batch
+    rows can differ in the last float digits).
+    """
     if not totals:
         raise ValueError("no candidates to select from")
+    best = max(round(t, 12) for t in totals)
+    tied = [i for i in range(len(totals)) if round(totals[i], 12) >= best - tolerance]
     return min(
-        range(len(totals)),
-        key=lambda i: (-round(totals[i], 12), -round(self_scores[i], 12), first_drafter[i]),
+        tied,
+        key=lambda i: (
+            -(lengths[i] if lengths is not None else 0),
+            -round(self_scores[i], 12),
+            first_drafter[i],
+        ),
     )

@@ -80,6 +80,7 @@ _FUSION_FIELDS: dict[str, str] = {
     "score_mode": "score_mode",
     "normalize": "normalize",
     "softmax_temperature": "softmax_temperature",
+    "score_span": "score_span",
     "exclude_self_scores": "exclude_self_scores",
     "kv_cache": "cache",
     "exit": "exit",
@@ -88,6 +89,8 @@ _FUSION_FIELDS: dict[str, str] = {
     "exit_entropy": "exit_entropy",
     "exit_share": "exit_share",
     "exit_quality": "exit_quality",
+    "exit_rule": "exit_rule",
+    "exit_lead_z": "exit_lead_z",
     "weights": "weights",
     "weights_eta0": "weights_eta0",
     "weights_schedule": "weights_schedule",
@@ -247,8 +250,9 @@ class SpecFuseChatModel(BaseChatModel):
     # Fusion options (see FusionConfig); ``None`` keeps the ensemble's own value.
     segment_tokens: int | None = None
     score_mode: Literal["mean_prob", "mean_logprob", "mean_logit"] | None = None
-    normalize: Literal["sum", "softmax"] | None = None
+    normalize: Literal["sum", "softmax", "ratio", "calibrated", "rank"] | None = None
     softmax_temperature: float | None = None
+    score_span: Literal["full", "leading"] | None = None
     exclude_self_scores: bool | None = None
     kv_cache: bool | None = None
     """``FusionConfig.cache``: keep KV caches across rounds (``cache`` is LangChain's own option)."""
@@ -258,6 +262,8 @@ class SpecFuseChatModel(BaseChatModel):
     exit_entropy: float | None = None
     exit_share: float | None = None
     exit_quality: Literal["wins", "scores"] | None = None
+    exit_rule: Literal["entropy", "lead"] | None = None
+    exit_lead_z: float | None = None
     weights: bool | None = None
     weights_eta0: float | None = None
     weights_schedule: Literal["1/t", "1/sqrt(t)"] | None = None

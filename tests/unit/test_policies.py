@@ -56,3 +56,27 @@ def test_hedge_update_and_schedules():
     w = policies.hedge_update([0.5, 0.5], [1.0, 0.0], 0.25)
     assert w[0] == pytest.approx(math.exp(0.25) / (math.exp(0.25) + 1))
     assert sum(w) == pytest.approx(1.0)
+
+
+# -- exit on a lead significant for the number of rounds (issue 14) --------------------------------
+
+
+def test_lead_exit_needs_z_sqrt_rounds():
+    # z = 1.645: after 3 rounds the lead must reach 1.645 * sqrt(3) = 2.85, so 3-0 exits and 2-1 does not.
+    assert policies.decide_exits_by_lead([3.0, 0.0], 3, min_rounds=3, z=1.645).exiting == [1]
+    assert policies.decide_exits_by_lead([2.0, 1.0], 3, min_rounds=3, z=1.645).exiting == []
+    # After 16 rounds the bar is 1.645 * 4 = 6.58: 11-5 (lead 6) stays, 12-4 (lead 8) exits.
+    assert policies.decide_exits_by_lead([11.0, 5.0], 16, min_rounds=3, z=1.645).exiting == []
+    assert policies.decide_exits_by_lead([4.0, 12.0], 16, min_rounds=3, z=1.645).exiting == [0]
+    # z = 1: after 4 rounds a lead of 2 (3-1) is enough.
+    assert policies.decide_exits_by_lead([3.0, 1.0], 4, min_rounds=3, z=1.0).exiting == [1]
+
+
+def test_lead_exit_waits_for_min_rounds_and_spares_the_leader():
+    assert policies.decide_exits_by_lead([2.0, 0.0], 2, min_rounds=3, z=0.1).exiting == []
+    assert policies.decide_exits_by_lead([5.0, 5.0], 10, min_rounds=1, z=1e-9).exiting == []  # a tie: no lead
+    assert policies.decide_exits_by_lead([0.0, 9.0], 9, min_rounds=1, z=0.5).exiting == [0]  # never the leader
+    three = policies.decide_exits_by_lead([6.0, 1.0, 4.0], 7, min_rounds=3, z=1.645)  # bar 4.35
+    assert three.exiting == [1]
+    assert three.p == pytest.approx(policies.softmax([6.0, 1.0, 4.0]))
+    assert policies.decide_exits_by_lead([4.0], 9, min_rounds=1, z=1.0).exiting == []
