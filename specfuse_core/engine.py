@@ -61,6 +61,7 @@ class Ensemble:
         self.members: tuple[Member, ...] = tuple(members)
         self.config = config or FusionConfig()
         self.weights: dict[str, float] = _uniform_weights(self.members)
+        self.margin_scales: dict[str, scoring.MarginScale] = {}  # normalize="calibrated", with keep_weights
 
     @classmethod
     def from_specs(
@@ -211,6 +212,7 @@ class _Request:
         self.verified_rounds = 0
         self.quality: dict[str, float] = {m.name: 0.0 for m in ensemble.members if m.can_draft}
         self.weights = dict(ensemble.weights) if config.keep_weights else _uniform_weights(ensemble.members)
+        self.margin_scales = dict(ensemble.margin_scales) if config.keep_weights else {}
         self.exits: list[MemberExit] = []
         self.trace: list[SegmentEvent] = []
         self.result: FusionResult | None = None
@@ -262,6 +264,8 @@ class _Request:
         )
         if self.config.keep_weights and self.config.weights:
             self.ensemble.weights = dict(self.weights)
+        if self.config.keep_weights and self.config.normalize in scoring.STATEFUL_NORMALIZATIONS:
+            self.ensemble.margin_scales = dict(self.margin_scales)
 
     # -- member calls and exits -----------------------------------------------------------------
 
@@ -380,7 +384,7 @@ class _Request:
         """Segment boundaries (§3.2) and merging of identical drafts (§3.3)."""
         proposals: dict[tuple[str, bool], _Proposal] = {}
         for name, draft in drafts:
-            text = trim_to_word_boundary(draft.text) if trim and draft.hit_budget else draft.text
+            text = trim_to_word_boundary(draft.text, draft.next_text) if trim and draft.hit_budget else draft.text
             if not text and not draft.ended:
                 continue
             proposals.setdefault((text, draft.ended), _Proposal(text, draft.ended)).drafters.append(name)
@@ -402,9 +406,12 @@ class _Request:
             raise NoActiveMembersError(f"every scorer failed in round {self.round}")
         mode = self.config.score_mode
         names = [name for name, _ in scored]
-        matrix: list[list[float | None]] = [
-            [scoring.candidate_score(ts.logprobs, ts.logits, mode) for ts in token_scores] for _, token_scores in scored
-        ]
+        matrix: list[list[float | None]] = []
+        for _, token_scores in scored:
+            span = None
+            if self.config.score_span == "leading":
+                span = scoring.leading_span([len(ts.logprobs) for ts in token_scores])
+            matrix.append([scoring.candidate_score(ts.logprobs, ts.logits, mode, span) for ts in token_scores])
         return names, matrix
 
     def _select(
@@ -414,8 +421,19 @@ class _Request:
         config = self.config
         proposed = [[name in p.drafters for p in proposals] for name in scorer_names]
         voting = scoring.exclude_self_scores(matrix, proposed) if config.exclude_self_scores else matrix
+        margins = None
+        if config.normalize == "calibrated":
+            for name, row in zip(scorer_names, voting):
+                self.margin_scales[name] = scoring.update_margin_scale(
+                    self.margin_scales.get(name, scoring.MarginScale()), row
+                )
+            margins = [self.margin_scales[name].value for name in scorer_names]
         normalized = scoring.normalize_matrix(
-            voting, config.normalize, mode=config.score_mode, temperature=config.softmax_temperature
+            voting,
+            config.normalize,
+            mode=config.score_mode,
+            temperature=config.softmax_temperature,
+            typical_margins=margins,
         )
         raw_weights = [self.weights.get(name, 0.0) for name in scorer_names]
         total_weight = sum(raw_weights) or 1.0
@@ -426,6 +444,9 @@ class _Request:
             values = [s for s in own if s is not None]
             self_scores.append(sum(values) / len(values) if values else float("-inf"))
         first_drafter = [min(self.order[name] for name in p.drafters) for p in proposals]
+        if config.score_span == "leading":
+            lengths = [len(p.text) + p.ends for p in proposals]
+            return totals, scoring.select_winner(totals, self_scores, first_drafter, lengths=lengths, tolerance=1e-6)
         return totals, scoring.select_winner(totals, self_scores, first_drafter)
 
     def _update_policies(
@@ -453,16 +474,26 @@ class _Request:
                 self.weights[name] = w * share
         if config.exit:
             candidates = [m.name for m in self.active if m.can_draft]
-            decision = policies.decide_exits(
-                [self.quality[n] for n in candidates],
-                self.verified_rounds,
-                min_rounds=config.exit_min_rounds,
-                temperature=config.exit_temperature,
-                entropy_threshold=config.exit_entropy,
-                share=config.exit_share,
-            )
+            if config.exit_rule == "lead":
+                decision = policies.decide_exits_by_lead(
+                    [self.quality[n] for n in candidates],
+                    self.verified_rounds,
+                    min_rounds=config.exit_min_rounds,
+                    z=config.exit_lead_z,
+                )
+            else:
+                decision = policies.decide_exits(
+                    [self.quality[n] for n in candidates],
+                    self.verified_rounds,
+                    min_rounds=config.exit_min_rounds,
+                    temperature=config.exit_temperature,
+                    entropy_threshold=config.exit_entropy,
+                    share=config.exit_share,
+                )
             for i in decision.exiting:
                 reason = f"low cumulative {config.exit_quality}"
+                if config.exit_rule == "lead":
+                    reason = f"significant lead against it ({config.exit_quality})"
                 self._exit(candidates[i], reason, p=decision.p[i], entropy=decision.entropy)
 
     def _broadcast(self, proposal: _Proposal | None) -> tuple[str, FinishReason | None]:
