@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from .messages import Message
+from .tools import ToolRequest
 from .trace import MemberUsage
 
 Role = Literal["both", "draft", "score"]
@@ -113,8 +114,14 @@ class Member(Protocol):
     @property
     def context_window(self) -> int | None: ...
 
-    async def open_session(self, messages: list[Message], *, cache: bool, seed: int | None) -> MemberSession:
-        """Start a request: render the prompt and prepare a fresh session."""
+    async def open_session(
+        self, messages: list[Message], *, cache: bool, seed: int | None, tools: ToolRequest | None = None
+    ) -> MemberSession:
+        """Start a request: render the prompt (with the request's tools, if any) and prepare a fresh session.
+
+        When ``tools.constrained`` a member that can mask its own tokens drafts under the request's
+        grammar; one that cannot drafts freely and the engine cuts its drafts to their valid prefix.
+        """
         ...
 
 

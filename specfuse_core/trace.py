@@ -6,7 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-FinishReason = Literal["stop", "length"]
+from .tools import InvalidToolCall, ToolCall, ToolCallDelta
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 CallKind = Literal["draft", "score", "advance", "finish"]
 
 
@@ -54,6 +56,11 @@ class SegmentEvent:
     ``scores[j][i]`` is scorer ``scorers[j]``'s raw score of ``candidates[i]`` (``None``: not voted);
     ``totals[i]`` is the aggregated score. On a consensus round ``scorers`` is empty.
     ``finish_reason`` is set on the last event of a request.
+
+    With tools, ``content`` is the part of ``text`` outside tool calls (a partial ``<tool_call>`` tag is
+    held back until it is resolved) and ``tool_calls`` the streamed call pieces. ``forced`` is text the
+    grammar forced before this round's candidates, appended without drafting (it starts ``text``);
+    ``notes`` says what the grammar check did to drafts.
     """
 
     round: int
@@ -71,6 +78,10 @@ class SegmentEvent:
     consensus: bool = False
     solo: bool = False
     finish_reason: FinishReason | None = None
+    content: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    forced: str = ""
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,7 +105,12 @@ class MemberUsage:
 
 @dataclass(frozen=True)
 class FusionResult:
-    """The answer of one request: text, finish reason, the trace of every round and usage per member."""
+    """The answer of one request: text, finish reason, the trace of every round and usage per member.
+
+    ``text`` is the whole accepted answer; ``content`` is its part outside tool calls (equal to ``text``
+    when the request has no tools), ``tool_calls`` the parsed calls and ``invalid_tool_calls`` the calls
+    that could not be parsed (for example cut by the token budget: then ``finish_reason="length"``).
+    """
 
     text: str
     finish_reason: FinishReason
@@ -105,6 +121,9 @@ class FusionResult:
     members: tuple[str, ...] = field(default=())
     notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Per-member remarks made while setting up, e.g. a remote member that can only draft."""
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    invalid_tool_calls: tuple[InvalidToolCall, ...] = ()
 
     @property
     def rounds(self) -> int:
@@ -129,6 +148,9 @@ class FusionResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
+            "content": self.content,
+            "tool_calls": [c.to_openai() for c in self.tool_calls],
+            "invalid_tool_calls": [dataclasses.asdict(c) for c in self.invalid_tool_calls],
             "finish_reason": self.finish_reason,
             "trace": [e.to_dict() for e in self.trace],
             "usage": {k: dataclasses.asdict(v) for k, v in self.usage.items()},

@@ -39,7 +39,9 @@ class ScriptedMember:
     def can_score(self) -> bool:
         return role_flags(self.role)[1]
 
-    async def open_session(self, messages, *, cache: bool = True, seed: int | None = None) -> ScriptedSession:
+    async def open_session(
+        self, messages, *, cache: bool = True, seed: int | None = None, tools=None
+    ) -> ScriptedSession:
         if self.fail_on == "open":
             raise ConnectionError(f"{self.name} is unreachable")
         session = ScriptedSession(self)

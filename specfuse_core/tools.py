@@ -1,0 +1,428 @@
+"""Tools and structured output: the request side and the one canonical tool-call syntax.
+
+- :func:`normalize_tools`, :func:`normalize_tool_choice`, :func:`normalize_response_format` turn
+  what a caller passes (OpenAI-style dicts, LangChain/LlamaIndex conversions) into one
+  :class:`ToolRequest`, with a typed error for anything that cannot work.
+- The canonical syntax in the shared answer text is the Hermes/Qwen2.5 form::
+
+      <tool_call>
+      {"name": "NAME", "arguments": {...}}
+      </tool_call>
+
+  :func:`render_tool_call` writes it (``json.dumps`` defaults, non-ASCII kept), :func:`parse_tool_calls`
+  reads a finished answer and :class:`ToolCallStreamParser` reads it segment by segment, holding back
+  a partial tag so that no ``<tool_c`` ever leaks into the content.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import InvalidRequestError
+
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
+
+ToolChoiceMode = Literal["auto", "required", "none", "named"]
+
+TOOL_SYSTEM_PROMPT = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+)
+"""The tool instruction of members whose chat template cannot render tools (Qwen2.5's own wording)."""
+
+
+# -- calls --------------------------------------------------------------------------------------
+
+
+def new_call_id() -> str:
+    """A fresh tool-call id in OpenAI's style (``call_`` + 24 hex digits)."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One parsed tool call: ``arguments`` is the decoded JSON object."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def arguments_json(self) -> str:
+        return json.dumps(self.arguments, ensure_ascii=False)
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI ``tool_calls`` entry (arguments as a JSON string)."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments_json()}}
+
+
+@dataclass(frozen=True)
+class InvalidToolCall:
+    """A call that could not be parsed (cut by the token budget, or not JSON): never silently dropped."""
+
+    id: str
+    name: str | None
+    arguments: str
+    error: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A streamed piece of the ``index``-th call: first its ``id`` and ``name``, then argument text.
+
+    Concatenating every delta's ``arguments`` of one index gives that call's arguments JSON.
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI streaming ``delta.tool_calls`` entry."""
+        function: dict[str, Any] = {"arguments": self.arguments}
+        entry: dict[str, Any] = {"index": self.index, "function": function}
+        if self.id is not None:
+            entry["id"] = self.id
+            entry["type"] = "function"
+        if self.name is not None:
+            function["name"] = self.name
+        return entry
+
+
+def render_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
+    """The canonical text of one call (what members see in past assistant turns)."""
+    body = json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False)
+    return f"{CALL_OPEN}\n{body}\n{CALL_CLOSE}"
+
+
+def render_tool_calls(calls: Sequence[Mapping[str, Any]]) -> str:
+    return "\n".join(render_tool_call(c["name"], c["arguments"]) for c in calls)
+
+
+_CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE) + r"|" + re.escape(CALL_OPEN) + r"(.*)", re.S)
+
+
+def _decode_call(body: str) -> tuple[str, dict[str, Any]] | str:
+    """``(name, arguments)`` of a call body, or the reason it is invalid."""
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as error:
+        return f"not valid JSON: {error.msg} at character {error.pos}"
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return 'expected {"name": ..., "arguments": {...}}'
+    arguments = value.get("arguments", value.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return "arguments is a string that is not JSON"
+    if not isinstance(arguments, dict):
+        return "arguments must be a JSON object"
+    return value["name"], arguments
+
+
+def _name_hint(body: str) -> str | None:
+    match = re.search(r'"name"\s*:\s*"([^"\\]*)"', body)
+    return match.group(1) if match else None
+
+
+def parse_tool_calls(
+    text: str, ids: Sequence[str] = ()
+) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
+    """Split a finished answer into ``(content, calls, invalid_calls)``.
+
+    ``content`` is the text outside ``<tool_call>`` blocks, stripped at its ends. A block that is not
+    closed or not valid JSON becomes an :class:`InvalidToolCall` with the raw text. ``ids`` gives the
+    ids of the calls in order (as handed out while streaming); missing ones are generated.
+    """
+    calls: list[ToolCall] = []
+    invalid: list[InvalidToolCall] = []
+    content_parts: list[str] = []
+    position = 0
+    for index, match in enumerate(_CALL_RE.finditer(text)):
+        content_parts.append(text[position : match.start()])
+        position = match.end()
+        call_id = ids[index] if index < len(ids) else new_call_id()
+        closed = match.group(1) is not None
+        body = (match.group(1) if closed else match.group(2)).strip()
+        decoded = _decode_call(body) if closed else "the call was cut off before </tool_call>"
+        if isinstance(decoded, str):
+            invalid.append(InvalidToolCall(call_id, _name_hint(body), body, decoded))
+        else:
+            calls.append(ToolCall(call_id, decoded[0], decoded[1]))
+    content_parts.append(text[position:])
+    return "".join(content_parts).strip(), calls, invalid
+
+
+@dataclass
+class ToolCallStreamParser:
+    """Reads accepted segments one at a time and emits content deltas and :class:`ToolCallDelta`s.
+
+    Content is held back while it could be the start of ``<tool_call>``; inside a call the name is
+    sent once it is complete, then the raw arguments text, holding back what could be the closing
+    ``}\\n</tool_call>``. :meth:`finish` flushes what is left. Ids handed out are in :attr:`ids`.
+    """
+
+    ids: list[str] = field(default_factory=list)
+    _buffer: str = ""
+    _in_call: bool = False
+    _name_sent: bool = False
+    _args_sent: int = 0
+    _seen_content: bool = False
+
+    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
+        self._buffer += text
+        return self._drain(final=False)
+
+    def finish(self) -> tuple[str, list[ToolCallDelta]]:
+        return self._drain(final=True)
+
+    def _drain(self, *, final: bool) -> tuple[str, list[ToolCallDelta]]:
+        content: list[str] = []
+        deltas: list[ToolCallDelta] = []
+        while True:
+            if not self._in_call:
+                start = self._buffer.find(CALL_OPEN)
+                if start == -1:
+                    keep = 0 if final else _partial_suffix(self._buffer, CALL_OPEN)
+                    content.append(self._buffer[: len(self._buffer) - keep])
+                    self._buffer = self._buffer[len(self._buffer) - keep :]
+                    break
+                content.append(self._buffer[:start])
+                self._buffer = self._buffer[start + len(CALL_OPEN) :]
+                self._in_call, self._name_sent, self._args_sent = True, False, 0
+                self.ids.append(new_call_id())
+                continue
+            end = self._buffer.find(CALL_CLOSE)
+            body = self._buffer if end == -1 else self._buffer[:end]
+            deltas.extend(self._call_deltas(body, closed=end != -1 or final))
+            if end == -1:
+                break
+            self._buffer = self._buffer[end + len(CALL_CLOSE) :]
+            self._in_call = False
+        text = "".join(content)
+        if not self._seen_content:  # the answer's leading whitespace is not content
+            text = text.lstrip()
+            self._seen_content = bool(text)
+        return text, deltas
+
+    def _call_deltas(self, body: str, *, closed: bool) -> list[ToolCallDelta]:
+        index = len(self.ids) - 1
+        out: list[ToolCallDelta] = []
+        if not self._name_sent:
+            name = _name_hint(body)
+            if name is None or not re.search(r'"name"\s*:\s*"[^"\\]*"\s*,\s*"arguments"\s*:\s*', body):
+                if closed:  # never named: report the raw body as arguments of an unnamed call
+                    self._name_sent = True
+                    out.append(ToolCallDelta(index, id=self.ids[index], name=_name_hint(body) or "", arguments=""))
+                else:
+                    return out
+            else:
+                self._name_sent = True
+                out.append(ToolCallDelta(index, id=self.ids[index], name=name))
+        args_match = re.search(r'"arguments"\s*:\s*', body)
+        args_start = args_match.end() if args_match else len(body)
+        args = body[args_start:]
+        if closed:
+            args = args.rstrip()
+            if args.endswith("}"):
+                args = args[:-1].rstrip()  # the closing brace of {"name": ..., "arguments": ...}
+        else:
+            args = args[: max(0, len(args) - _ARGS_HOLD_BACK)]
+        if len(args) > self._args_sent:
+            out.append(ToolCallDelta(index, arguments=args[self._args_sent :]))
+            self._args_sent = len(args)
+        return out
+
+
+_ARGS_HOLD_BACK = len("}\n" + CALL_CLOSE) + 2
+"""Argument characters held back while a call is open: they may be the call's own closing brace."""
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
+
+
+# -- the request side ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    """What a request asks for beyond text: tools, how to use them, or a response format.
+
+    ``tools`` are OpenAI function tools (``{"type": "function", "function": {...}}``);
+    ``choice`` is ``auto``, ``required``, ``none`` or ``named`` (then ``name`` is set);
+    ``response_schema`` is a JSON schema (``{}`` for any JSON object) when ``response_format`` asks for JSON.
+    """
+
+    tools: tuple[dict[str, Any], ...] = ()
+    choice: ToolChoiceMode = "none"
+    name: str | None = None
+    parallel: bool = True
+    response_schema: dict[str, Any] | None = None
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the answer may contain tool calls (tools are offered and not switched off)."""
+        return bool(self.tools) and self.choice != "none"
+
+    @property
+    def constrained(self) -> bool:
+        """Whether any part of the answer must follow a grammar."""
+        return self.calls_tools or self.response_schema is not None
+
+    @property
+    def offered_tools(self) -> tuple[dict[str, Any], ...]:
+        """The tools the prompt shows: none when ``tool_choice="none"``; the one named tool when forced."""
+        if self.choice == "none":
+            return ()
+        return self.tools
+
+    def key(self) -> str:
+        """A stable key for caching compiled grammars."""
+        return json.dumps(
+            [self.tools, self.choice, self.name, self.parallel, self.response_schema], sort_keys=True, ensure_ascii=False
+        )
+
+
+NO_TOOLS = ToolRequest()
+
+
+def normalize_tools(tools: Sequence[Any] | None) -> tuple[dict[str, Any], ...]:
+    """OpenAI function tools from OpenAI dicts or bare ``{"name", "description", "parameters"}`` dicts."""
+    if tools is None:
+        return ()
+    if isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Sequence):
+        raise InvalidRequestError("tools must be a list of function tools")
+    normalized: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, Mapping):
+            raise InvalidRequestError(f"tools[{index}] must be a dict, got {type(tool).__name__}")
+        if tool.get("type", "function") != "function":
+            raise InvalidRequestError(f"tools[{index}]: only function tools are supported, got type {tool.get('type')!r}")
+        function = tool.get("function", tool)
+        if not isinstance(function, Mapping):
+            raise InvalidRequestError(f"tools[{index}].function must be a dict")
+        name = function.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", name):
+            raise InvalidRequestError(f"tools[{index}]: the name must be 1-128 letters, digits, _ . : or -, got {name!r}")
+        if name in seen:
+            raise InvalidRequestError(f"tools[{index}]: duplicate tool name {name!r}")
+        seen.add(name)
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        if not isinstance(parameters, Mapping) or parameters.get("type", "object") != "object":
+            raise InvalidRequestError(f"tools[{index}] ({name}): parameters must be a JSON schema of type object")
+        entry: dict[str, Any] = {"name": name, "parameters": _plain(parameters)}
+        if function.get("description"):
+            entry["description"] = str(function["description"])
+        normalized.append({"type": "function", "function": entry})
+    return tuple(normalized)
+
+
+def tool_names(tools: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [t["function"]["name"] for t in tools]
+
+
+def normalize_tool_choice(choice: Any, tools: Sequence[Mapping[str, Any]]) -> tuple[ToolChoiceMode, str | None]:
+    """``(mode, name)`` from ``None``, ``"auto"``, ``"required"``/``"any"``/``True``, ``"none"``/``False``,
+    a tool's name, or ``{"type": "function", "function": {"name": ...}}``."""
+    names = tool_names(tools)
+    if choice is None:
+        return ("auto", None) if tools else ("none", None)
+    if choice is True or choice in ("required", "any"):
+        mode: ToolChoiceMode = "required"
+        name = None
+    elif choice is False or choice == "none":
+        return "none", None
+    elif choice == "auto":
+        mode, name = "auto", None
+    elif isinstance(choice, str):
+        mode, name = "named", choice
+    elif isinstance(choice, Mapping):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, Mapping) else choice.get("name")
+        if not isinstance(name, str):
+            raise InvalidRequestError(f"tool_choice {choice!r} names no function")
+        mode = "named"
+    else:
+        raise InvalidRequestError(f"tool_choice must be 'auto', 'required', 'none' or a tool name, got {choice!r}")
+    if not tools:
+        raise InvalidRequestError(f"tool_choice={choice!r} needs tools, but the request has none")
+    if mode == "named" and name not in names:
+        raise InvalidRequestError(f"tool_choice names {name!r}, which is not among the tools ({', '.join(names)})")
+    return mode, name
+
+
+def normalize_response_format(response_format: Any) -> dict[str, Any] | None:
+    """The JSON schema a ``response_format`` asks for (``{}``: any JSON object), or ``None`` for text."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, Mapping):
+        raise InvalidRequestError(f"response_format must be a dict, got {type(response_format).__name__}")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = response_format.get("schema")
+        return _plain(schema) if isinstance(schema, Mapping) else {}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema", response_format)
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        if not isinstance(schema, Mapping):
+            raise InvalidRequestError("response_format of type json_schema needs json_schema.schema (a JSON schema)")
+        return _plain(schema)
+    raise InvalidRequestError(f"response_format type must be text, json_object or json_schema, got {kind!r}")
+
+
+def tool_request(
+    tools: Sequence[Any] | None = None,
+    tool_choice: Any = None,
+    parallel_tool_calls: bool | None = None,
+    response_format: Any = None,
+) -> ToolRequest:
+    """Validate the tool and format options of one request into a :class:`ToolRequest`."""
+    normalized = normalize_tools(tools)
+    mode, name = normalize_tool_choice(tool_choice, normalized)
+    schema = normalize_response_format(response_format)
+    if schema is not None and mode in ("required", "named"):
+        raise InvalidRequestError(
+            f"response_format asks for a JSON answer but tool_choice={tool_choice!r} forces a tool call; "
+            "use one or the other"
+        )
+    if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
+        raise InvalidRequestError(f"parallel_tool_calls must be true or false, got {parallel_tool_calls!r}")
+    return ToolRequest(
+        tools=normalized,
+        choice=mode,
+        name=name,
+        parallel=True if parallel_tool_calls is None else parallel_tool_calls,
+        response_schema=schema,
+    )
+
+
+def tools_system_text(tools: Sequence[Mapping[str, Any]]) -> str:
+    """The tool instruction for a member whose template cannot render tools."""
+    lines = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    return TOOL_SYSTEM_PROMPT.format(tools=lines)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-serialisable deep copy (rejects what JSON cannot hold, with a clear error)."""
+    try:
+        return json.loads(json.dumps(value, ensure_ascii=False))
+    except (TypeError, ValueError) as error:
+        raise InvalidRequestError(f"not a JSON value: {error}") from None
