@@ -196,6 +196,7 @@ class HFSession:
         self._cached_ids: list[int] = []
         self._scored: _ScoredBatch | None = None
         self._own: _OwnDraft | None = None
+        self._lookahead: tuple[list[int], torch.Tensor] | None = None  # (ids, logits of the token after them)
         self._generator = torch.Generator(device="cpu")
         if seed is not None:
             self._generator.manual_seed(seed)
@@ -235,6 +236,7 @@ class HFSession:
         self._cached_ids = []
         self._scored = None
         self._own = None
+        self._lookahead = None
 
     # -- model work (runs on the member's device thread) ------------------------------------------
 
@@ -250,6 +252,9 @@ class HFSession:
 
     def _prefill(self, target: list[int]) -> torch.Tensor:
         """Make the cache hold ``target`` and return the logits that predict the token after it."""
+        lookahead, self._lookahead = self._lookahead, None
+        if self.use_cache and lookahead is not None and lookahead[0] == target and self._cached_ids == target:
+            return lookahead[1]  # the last draft's look-ahead step already computed them
         keep = min(common_prefix_length(self._cached_ids, target), len(target) - 1) if self.use_cache else 0
         if keep == 0 or self._cache is None:
             self._cache, keep = kv_cache.new_cache(), 0
@@ -286,7 +291,31 @@ class HFSession:
         self.usage.generated_tokens += len(tokens)
         self.usage.calls += 1
         self._own = _OwnDraft(list(self.ids), tokens, logprobs, raw_logits)
-        return Draft(text=text, ended=ended, hit_budget=not ended and len(tokens) == max_new_tokens, tokens=len(tokens))
+        hit_budget = not ended and len(tokens) == max_new_tokens
+        next_text = self._peek_next_text(tokens, text) if hit_budget else None
+        return Draft(text=text, ended=ended, hit_budget=hit_budget, tokens=len(tokens), next_text=next_text)
+
+    def _peek_next_text(self, tokens: list[int], text: str) -> str | None:
+        """One more decode step after a draft that hit its budget: the text the drafter's own next
+        greedy token would add after ``text`` (``""`` for an end-of-turn token; ``None`` when it is
+        not known, e.g. a partial character). The step's logits are kept for the next draft's prefill,
+        so when this draft wins whole the step costs nothing extra."""
+        window = self.member.context_window
+        if window is not None and len(self._cached_ids) + 1 > window:
+            return None
+        step_logits, self._cache = self._forward([[tokens[-1]]], self._cache, logits_to_keep=1)
+        self._cached_ids.append(tokens[-1])
+        logits = step_logits[0, -1].float()
+        self._lookahead = (list(self._cached_ids), logits)
+        following = int(torch.argmax(logits))
+        if following in self.member.stop_token_ids:
+            return ""
+        full = self.member.decode(tokens + [following])
+        if not full.startswith(text):
+            return None
+        rest = full[len(text) :]
+        return None if not rest or rest.startswith("\ufffd") else rest
+
 
     def _candidate_ids(self, text: str, ends: bool) -> list[int]:
         ids = self.prompt_ids + self.member.encode(self.accepted_text + text)

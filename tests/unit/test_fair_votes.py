@@ -97,7 +97,7 @@ class LeadingSession(ScriptedSession):
 
 
 class LeadingMember(ScriptedMember):
-    async def open_session(self, messages, *, cache=True, seed=None):
+    async def open_session(self, messages, *, cache=True, seed=None, **options):
         session = LeadingSession(self)
         self.sessions.append(session)
         return session
