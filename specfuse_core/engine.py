@@ -19,8 +19,9 @@ from ._background import run_sync
 from .config import FusionConfig
 from .errors import ConfigError, NoActiveMembersError
 from .member import ContextWindowFull, Draft, Member, MemberSession, SamplingParams
-from .messages import validate_messages
+from .messages import Message, validate_messages
 from .segments import find_stop, trim_to_word_boundary
+from .tools import NO_TOOLS, ToolCallDelta, ToolCallStreamParser, ToolRequest, parse_tool_calls, tool_request
 from .trace import (
     Candidate,
     FinishReason,
@@ -62,6 +63,12 @@ class Ensemble:
         self.config = config or FusionConfig()
         self.weights: dict[str, float] = _uniform_weights(self.members)
         self.margin_scales: dict[str, scoring.MarginScale] = {}  # normalize="calibrated", with keep_weights
+        self._open_sessions = 0
+
+    @property
+    def open_sessions(self) -> int:
+        """Member sessions currently open across all requests (each holds a KV cache or a connection)."""
+        return self._open_sessions
 
     @classmethod
     def from_specs(
@@ -100,30 +107,52 @@ class Ensemble:
         return f"Ensemble(members={[m.name for m in self.members]!r}, config={self.config!r})"
 
     def _request(self, messages: Sequence[Mapping[str, Any]], overrides: dict[str, Any]) -> _Request:
+        tools = tool_request(**{k: overrides.pop(k) for k in _TOOL_OPTIONS if k in overrides})
+        clean = validate_messages(messages)
         config = self.config.replace(**overrides) if overrides else self.config
-        return _Request(self, validate_messages(messages), config)
+        return _Request(self, clean, config, tools)
 
-    def stream(self, messages: Sequence[Mapping[str, Any]], **overrides: Any) -> FusionStream:
-        """Iterate over accepted segments as they are accepted; ``.result`` holds the final result."""
-        return FusionStream(self._request(messages, overrides))
+    def stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> FusionStream:
+        """Iterate over accepted segments as they are accepted; ``.result`` holds the final result.
 
-    def astream(self, messages: Sequence[Mapping[str, Any]], **overrides: Any) -> AsyncFusionStream:
+        ``options`` are :class:`FusionConfig` fields for this call only, plus the tool options of
+        :meth:`generate`.
+        """
+        return FusionStream(self._request(messages, options))
+
+    def astream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> AsyncFusionStream:
         """Async twin of :meth:`stream`."""
-        return AsyncFusionStream(self._request(messages, overrides))
+        return AsyncFusionStream(self._request(messages, options))
 
-    def generate(self, messages: Sequence[Mapping[str, Any]], **overrides: Any) -> FusionResult:
-        """Answer a chat request. ``overrides`` are :class:`FusionConfig` fields for this call only."""
-        stream = self.stream(messages, **overrides)
+    def generate(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> FusionResult:
+        """Answer a chat request.
+
+        ``options`` are :class:`FusionConfig` fields for this call only, and:
+
+        - ``tools``: OpenAI function tools (``{"type": "function", "function": {"name", "description",
+          "parameters"}}``); ``tool_choice``: ``"auto"`` (default with tools), ``"required"``, ``"none"``
+          or a tool's name; ``parallel_tool_calls``: whether several calls may follow each other;
+        - ``response_format``: ``{"type": "json_schema", "json_schema": {"name", "schema"}}`` or
+          ``{"type": "json_object"}``.
+
+        Every local member then drafts under a token mask compiled from one grammar, and every
+        candidate is checked against it (needs the ``tools`` extra). Parsed calls are in
+        ``result.tool_calls`` with ``finish_reason="tool_calls"``.
+        """
+        stream = self.stream(messages, **options)
         for _ in stream:
             pass
         return stream.result
 
-    async def agenerate(self, messages: Sequence[Mapping[str, Any]], **overrides: Any) -> FusionResult:
+    async def agenerate(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> FusionResult:
         """Async twin of :meth:`generate`."""
-        stream = self.astream(messages, **overrides)
+        stream = self.astream(messages, **options)
         async for _ in stream:
             pass
         return stream.result
+
+
+_TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 class _StreamBase:
@@ -199,10 +228,17 @@ class _Proposal:
 class _Request:
     """One request: member sessions, the accepted text and the per-request policy state."""
 
-    def __init__(self, ensemble: Ensemble, messages: list[dict[str, str]], config: FusionConfig) -> None:
+    def __init__(
+        self, ensemble: Ensemble, messages: list[Message], config: FusionConfig, tools: ToolRequest = NO_TOOLS
+    ) -> None:
         self.ensemble = ensemble
         self.messages = messages
         self.config = config
+        self.tools = tools
+        self.grammar: Any = None  # grammar.TextGrammar when the answer must follow a grammar
+        self.parser = ToolCallStreamParser() if tools.calls_tools else None
+        self._forced = ""
+        self._round_notes: list[str] = []
         self.order = {m.name: i for i, m in enumerate(ensemble.members)}
         self.active: list[Member] = []
         self.sessions: dict[str, MemberSession] = {}
@@ -235,26 +271,43 @@ class _Request:
 
     async def _open(self) -> None:
         seed = self.config.seed
+        if self.tools.constrained:
+            from .grammar import TextGrammar
+
+            self.grammar = TextGrammar(self.tools)  # a schema that cannot compile fails before any session opens
 
         def opener(member: Member) -> Callable[[], Awaitable[MemberSession]]:
             member_seed = None if seed is None else seed + self.order[member.name]
-            return lambda: member.open_session(self.messages, cache=self.config.cache, seed=member_seed)
+            return lambda: member.open_session(
+                self.messages, cache=self.config.cache, seed=member_seed, tools=self.tools
+            )
 
         self.active = list(self.ensemble.members)
         opened = await self._call_all(self.active, opener, kind=None, calls=[])
         self.sessions = dict(opened)
+        self.ensemble._open_sessions += len(self.sessions)
         self._require_roles()
 
     async def _close(self) -> None:
-        for session in self.sessions.values():
-            await session.aclose()
+        sessions, self.sessions = self.sessions, {}
+        for session in sessions.values():
+            try:
+                await session.aclose()
+            finally:
+                self.ensemble._open_sessions -= 1
 
     def _finish(self, finish: FinishReason) -> None:
         for name, session in self.sessions.items():
             self.usage[name] = _copy_usage(session.usage)
+        content, tool_calls, invalid = (
+            parse_tool_calls(self.text, self.parser.ids) if self.parser is not None else (self.text, [], [])
+        )
         self.result = FusionResult(
             text=self.text,
             finish_reason=finish,
+            content=content,
+            tool_calls=tuple(tool_calls),
+            invalid_tool_calls=tuple(invalid),
             trace=tuple(self.trace),
             usage=self.usage,
             exits=tuple(self.exits),
@@ -335,16 +388,26 @@ class _Request:
         calls: list[MemberCall] = []
         drafters = [m for m in self.active if m.can_draft]
         solo = len(drafters) == 1
-        budget = max(1, min(config.segment_tokens, config.max_tokens - self._output_tokens(self.text)))
-        sampling = SamplingParams(config.draft_temperature, config.draft_top_p, None, config.stop)
+        self._round_notes = []
+        self._forced = self.grammar.forced(self.text) if self.grammar is not None else ""
+        if self._forced:
+            self._sync_sessions(self.text + self._forced)
+        accepted = self.text + self._forced
+        if self.grammar is not None and self.grammar.must_end(accepted):
+            proposals = [_Proposal("", True)]  # the grammar allows nothing more: no drafting round
+        else:
+            budget = max(1, min(config.segment_tokens, config.max_tokens - self._output_tokens(accepted)))
+            # With a grammar, stop strings apply to accepted text only (never inside a call or JSON answer).
+            stop = config.stop if self.grammar is None else ()
+            sampling = SamplingParams(config.draft_temperature, config.draft_top_p, None, stop)
 
-        def drafting(member: Member) -> Callable[[], Awaitable[Draft]]:
-            return lambda: self.sessions[member.name].draft(budget, sampling)
+            def drafting(member: Member) -> Callable[[], Awaitable[Draft]]:
+                return lambda: self.sessions[member.name].draft(budget, sampling)
 
-        drafts = await self._call_all(drafters, drafting, kind="draft", calls=calls)
-        self._require_roles()
+            drafts = await self._call_all(drafters, drafting, kind="draft", calls=calls)
+            self._require_roles()
+            proposals = self._proposals(drafts, trim=not solo)
         draft_s = time.perf_counter() - round_start
-        proposals = self._proposals(drafts, trim=not solo)
 
         scorer_names: list[str] = []
         matrix: list[list[float | None]] = []
@@ -361,10 +424,15 @@ class _Request:
             self.verified_rounds += 1
             self._update_policies(proposals, scorer_names, matrix, totals, winner)
         accepted, finish = self._broadcast(proposals[winner] if proposals else None)
+        content, deltas, finish = self._parse_segment(accepted, finish)
         exits, self._pending_exits = tuple(self._pending_exits), []
         return SegmentEvent(
             round=self.round,
             text=accepted,
+            content=content,
+            tool_calls=tuple(deltas),
+            forced=self._forced,
+            notes=tuple(self._round_notes),
             winners=tuple(proposals[winner].drafters) if proposals else (),
             candidates=tuple(Candidate(p.text, p.ends, tuple(p.drafters)) for p in proposals),
             scorers=tuple(scorer_names),
@@ -385,10 +453,43 @@ class _Request:
         proposals: dict[tuple[str, bool], _Proposal] = {}
         for name, draft in drafts:
             text = trim_to_word_boundary(draft.text, draft.next_text) if trim and draft.hit_budget else draft.text
-            if not text and not draft.ended:
+            ended = draft.ended
+            if self.grammar is not None:
+                text, ended = self._grammatical(name, text, ended)
+            if not text and not ended:
                 continue
-            proposals.setdefault((text, draft.ended), _Proposal(text, draft.ended)).drafters.append(name)
+            proposals.setdefault((text, ended), _Proposal(text, ended)).drafters.append(name)
         return list(proposals.values())
+
+    def _grammatical(self, name: str, text: str, ended: bool) -> tuple[str, bool]:
+        """Cut a draft to its longest prefix the grammar allows; it may end only where the grammar is complete."""
+        accepted = self.text + self._forced
+        valid = self.grammar.valid_prefix_length(accepted, text)
+        if valid < len(text):
+            self._round_notes.append(f"{name}: draft cut to its longest valid prefix ({valid} of {len(text)} characters)")
+            text, ended = text[:valid], False
+        if ended and not self.grammar.is_complete(accepted, text):
+            self._round_notes.append(f"{name}: draft ended where the grammar is incomplete; kept as a continuation")
+            ended = False
+        return text, ended
+
+    def _sync_sessions(self, text: str) -> None:
+        for member in self.active:
+            self.sessions[member.name].accept(text)
+
+    def _parse_segment(
+        self, accepted: str, finish: FinishReason | None
+    ) -> tuple[str, list[ToolCallDelta], FinishReason | None]:
+        """Content and tool-call deltas of an accepted segment; a finished answer with calls ends in ``tool_calls``."""
+        if self.parser is None:
+            return accepted, [], finish
+        content, deltas = self.parser.feed(accepted)
+        if finish is not None:
+            tail, last = self.parser.finish()
+            content, deltas = content + tail, deltas + last
+            if finish == "stop" and parse_tool_calls(self.text, self.parser.ids)[1]:
+                finish = "tool_calls"
+        return content, deltas, finish
 
     async def _verify(
         self, proposals: list[_Proposal], calls: list[MemberCall]
@@ -500,19 +601,19 @@ class _Request:
         """Append the winner, apply stop strings and the token budget, sync every session (§3.7)."""
         before = self.text
         if proposal is None:  # every drafter returned nothing: there is nothing more to say
-            return "", "stop"
-        text = before + proposal.text
+            self.text = before + self._forced
+            return self._forced, "stop"
+        text = before + self._forced + proposal.text
         finish: FinishReason | None = "stop" if proposal.ends else None
         stop_at = find_stop(text, self.config.stop, len(before))
-        if stop_at is not None:
+        if stop_at is not None and (self.grammar is None or self.grammar.is_complete(before, text[len(before) : stop_at])):
             text, finish = text[:stop_at], "stop"
         if finish is None and self._output_tokens(text) >= self.config.max_tokens:
             text, finish = self._counter().truncate_to_tokens(text, self.config.max_tokens), "length"
         if finish is None and self.round >= self.config.max_tokens:
             finish = "length"  # a round adds at least one token, unless tokens merge across segments forever
         self.text = text
-        for member in self.active:
-            self.sessions[member.name].accept(text)
+        self._sync_sessions(text)
         return text[len(before) :], finish
 
 

@@ -15,6 +15,7 @@ the reference code does (the baseline of ``benchmarks/rounds.py``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from . import kv_cache
 from .errors import ConfigError, ModelLoadError
 from .member import ContextWindowFull, Draft, Role, SamplingParams, TokenScores, role_flags
 from .messages import Message
+from .prompting import NO_NATIVE_SUPPORT, ToolSupport, member_prompt, needs_tool_rendering, probe_tool_support
+from .tools import NO_TOOLS, ToolRequest
 from .segments import common_prefix_length
 from .trace import MemberUsage
 
@@ -144,12 +147,29 @@ class HFMember:
     def __repr__(self) -> str:
         return f"HFMember(name={self.name!r}, role={self.role!r}, device={str(self.device)!r})"
 
-    def prompt_ids(self, messages: list[Message]) -> list[int]:
-        """Token ids of the rendered chat template with the assistant generation prompt."""
-        text = self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The chat template applied to ``messages`` (and ``tools``), with the assistant generation prompt."""
+        extra = {"tools": tools} if tools else {}
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False, **extra
         )
+
+    @functools.cached_property
+    def tool_support(self) -> ToolSupport:
+        """Whether this member's chat template renders tools and tool history (found by rendering probes)."""
+        return NO_NATIVE_SUPPORT if self.uses_plain_template else probe_tool_support(self.render)
+
+    def prompt_ids(self, messages: list[Message], tools: ToolRequest = NO_TOOLS) -> list[int]:
+        """Token ids of the rendered prompt: the chat template, with the request's tools where needed."""
+        support = self.tool_support if needs_tool_rendering(messages, tools) else NO_NATIVE_SUPPORT
+        text = member_prompt(messages, tools, support, self.render)
         return list(self.tokenizer.encode(text, add_special_tokens=self.uses_plain_template))
+
+    def grammar_vocab(self) -> Any:
+        """This member's vocabulary for grammar.py (compiled once, cached by grammar.py)."""
+        from .grammar import TokenVocabulary
+
+        return TokenVocabulary.of(self.tokenizer, int(self.model.config.get_text_config().vocab_size), self.stop_token_ids)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
@@ -161,9 +181,21 @@ class HFMember:
         """Run blocking model work on this member's device thread."""
         return await asyncio.get_running_loop().run_in_executor(device_executor(self._executor_key), fn)
 
-    async def open_session(self, messages: list[Message], *, cache: bool = True, seed: int | None = None) -> HFSession:
-        prompt = await self.run(lambda: self.prompt_ids(messages))
-        return HFSession(self, prompt, use_cache=cache, seed=seed)
+    async def open_session(
+        self, messages: list[Message], *, cache: bool = True, seed: int | None = None, tools: ToolRequest | None = None
+    ) -> HFSession:
+        request = tools or NO_TOOLS
+
+        def prepare() -> tuple[list[int], Any]:
+            constraint = None
+            if request.constrained:
+                from .grammar import TokenConstraint
+
+                constraint = TokenConstraint(self.grammar_vocab(), request)
+            return self.prompt_ids(messages, request), constraint
+
+        prompt, constraint = await self.run(prepare)
+        return HFSession(self, prompt, use_cache=cache, seed=seed, constraint=constraint)
 
 
 @dataclass
@@ -185,8 +217,11 @@ class _ScoredBatch:
 class HFSession:
     """One request's state in an :class:`HFMember` (see the module docstring)."""
 
-    def __init__(self, member: HFMember, prompt_ids: list[int], *, use_cache: bool, seed: int | None) -> None:
+    def __init__(
+        self, member: HFMember, prompt_ids: list[int], *, use_cache: bool, seed: int | None, constraint: Any = None
+    ) -> None:
         self.member = member
+        self.constraint = constraint  # grammar.TokenConstraint: drafts follow the request's grammar
         self.use_cache = use_cache
         self.prompt_ids = prompt_ids
         self.accepted_text = ""
@@ -213,6 +248,8 @@ class HFSession:
 
     def accept(self, accepted_text: str) -> None:
         self.accepted_text = accepted_text
+        if self.constraint is not None:
+            self.constraint.sync(accepted_text)
         self.ids = self.prompt_ids + self.member.encode(accepted_text)
         if self._scored is not None and self.use_cache:
             rows = self._scored.row_ids
@@ -272,8 +309,13 @@ class HFSession:
         logprobs: list[float] = []
         raw_logits: list[float] = []
         ended = False
+        # Under a grammar only the sampling is masked: the recorded scores stay the model's own, so
+        # that reusing them as this member's score of its draft matches what scoring would compute.
+        grammar = self.constraint.start_draft() if self.constraint is not None else None
         for step in range(max_new_tokens):
-            token = _sample(logits, sampling, self._generator)
+            token = _sample(grammar.masked(logits) if grammar else logits, sampling, self._generator)
+            if grammar is not None:
+                grammar.advance(token)
             logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
             raw_logits.append(float(logits[token]))
             tokens.append(token)
@@ -315,7 +357,6 @@ class HFSession:
             return None
         rest = full[len(text) :]
         return None if not rest or rest.startswith("\ufffd") else rest
-
 
     def _candidate_ids(self, text: str, ends: bool) -> list[int]:
         ids = self.prompt_ids + self.member.encode(self.accepted_text + text)

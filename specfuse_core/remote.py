@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 from .errors import ConfigError, MemberError
 from .member import Draft, Role, SamplingParams, TokenScores, role_flags
 from .messages import Message
+from .prompting import NO_NATIVE_SUPPORT, ToolSupport, needs_tool_rendering, prepare_messages, probe_tool_support
+from .tools import NO_TOOLS, ToolRequest
 from .trace import MemberUsage
 
 DIALECTS = ("auto", "llama_cpp", "vllm", "sglang", "openai")
@@ -136,6 +138,7 @@ class OpenAICompatibleMember:
         self.chars_per_token = 4.0
         self.notes: list[str] = []
         self._ready = False
+        self._support: ToolSupport | None = None
 
     # -- the Member protocol --------------------------------------------------------------------
 
@@ -158,12 +161,35 @@ class OpenAICompatibleMember:
             f"dialect={self.dialect!r}, role={self.role!r}, api_key={'set' if self._api_key else 'none'})"
         )
 
-    async def open_session(self, messages: list[Message], *, cache: bool = True, seed: int | None = None) -> RemoteSession:
+    async def open_session(
+        self, messages: list[Message], *, cache: bool = True, seed: int | None = None, tools: ToolRequest | None = None
+    ) -> RemoteSession:
+        """Start a request. Under a grammar a remote member drafts freely; the engine cuts its drafts
+        to their longest valid prefix and says so in the trace."""
         await self._prepare()
-        prompt = await self._render_prompt(messages)
+        request = tools or NO_TOOLS
+        support = self._tool_support() if needs_tool_rendering(messages, request) else NO_NATIVE_SUPPORT
+        prepared, tool_list = prepare_messages(messages, request, support)
+        prompt = await self._render_prompt(prepared, tool_list)
         session = RemoteSession(self, prompt, seed=seed)
-        session.messages = [dict(m) for m in messages]
+        session.messages = prepared if tool_list is None else prepare_messages(messages, request, NO_NATIVE_SUPPORT)[0]
         return session
+
+    def _tool_support(self) -> ToolSupport:
+        """Native tool rendering only with a local tokenizer (its template can be probed); else the fallback."""
+        if self.tokenizer is None:
+            return NO_NATIVE_SUPPORT
+        if self._support is None:
+            self._support = probe_tool_support(
+                lambda messages, tools: self.tokenizer.apply_chat_template(
+                    messages,
+                    chat_template=self.chat_template,
+                    add_generation_prompt=True,
+                    tokenize=False,
+                    **({"tools": tools} if tools else {}),
+                )
+            )
+        return self._support
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -284,12 +310,16 @@ class OpenAICompatibleMember:
         if self._context_window is None and isinstance(entry.get("max_model_len"), int):
             self._context_window = int(entry["max_model_len"])
 
-    async def _render_prompt(self, messages: list[Message]) -> str:
+    async def _render_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         if self.dialect == "openai":
             return ""
         if self.tokenizer is not None:
             prompt = self.tokenizer.apply_chat_template(
-                messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
+                messages,
+                chat_template=self.chat_template,
+                add_generation_prompt=True,
+                tokenize=False,
+                **({"tools": tools} if tools else {}),
             )
         elif self.chat_template is not None:
             prompt = _render_template(self.chat_template, messages)

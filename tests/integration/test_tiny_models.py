@@ -29,8 +29,8 @@ class RecordingMember(HFMember):
         super().__init__(*args, **kwargs)
         self.opened: list[HFSession] = []
 
-    async def open_session(self, messages, *, cache=True, seed=None):
-        session = await super().open_session(messages, cache=cache, seed=seed)
+    async def open_session(self, messages, **options):
+        session = await super().open_session(messages, **options)
         self.opened.append(session)
         return session
 
