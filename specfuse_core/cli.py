@@ -9,7 +9,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from .config import EXIT_QUALITIES, SCORE_MODES, WEIGHT_SCHEDULES, FusionConfig
+from .config import (
+    EXIT_QUALITIES,
+    EXIT_RULES,
+    NORMALIZATIONS,
+    SCORE_MODES,
+    SCORE_SPANS,
+    WEIGHT_SCHEDULES,
+    FusionConfig,
+)
+
 from .errors import SpecFuseError
 from .trace import FusionResult
 
@@ -33,7 +42,11 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed for reproducible sampling")
     parser.add_argument("--stop", action="append", metavar="TEXT", help="stop string, repeatable")
     parser.add_argument("--score-mode", choices=SCORE_MODES, default="mean_prob", help="per-candidate score")
-    parser.add_argument("--normalize", choices=("sum", "softmax"), default="sum", help="per-scorer normalisation")
+    parser.add_argument("--normalize", choices=NORMALIZATIONS, default="sum", help=(
+        "per-scorer normalisation: sum (paper), softmax, ratio (reference code), calibrated (margins in "
+        "each scorer's typical margin), rank (Borda)"))  # fmt: skip
+    parser.add_argument("--score-span", choices=SCORE_SPANS, default="full",
+                        help="score all tokens (full) or the shortest candidate's leading tokens (leading)")  # fmt: skip
     parser.add_argument("--softmax-temperature", type=float, default=1.0, help="temperature of --normalize softmax")
     parser.add_argument("--exclude-self", action="store_true", help="a scorer does not vote for its own draft")
     parser.add_argument("--no-kv-cache", action="store_true", help="re-read the whole context every round (baseline)")
@@ -44,6 +57,10 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exit-share", type=float, default=0.5, help="a member exits below this share of 1/n")
     parser.add_argument("--exit-quality", choices=EXIT_QUALITIES, default="wins",
                         help="what Q accumulates: rounds won (default) or aggregated scores")  # fmt: skip
+    parser.add_argument("--exit-rule", choices=EXIT_RULES, default="entropy",
+                        help="entropy of softmax(Q) (default) or a lead of exit_lead_z * sqrt(rounds)")  # fmt: skip
+    parser.add_argument("--exit-lead-z", type=float, default=1.645,
+                        help="--exit-rule lead: the lead needed, in sqrt(verified rounds) (default 1.645)")  # fmt: skip
     parser.add_argument("--weights", action="store_true", help="online (Hedge) weights over scorers")
     parser.add_argument("--weights-eta0", type=float, default=1.0, help="Hedge learning rate η0 (default 1)")
     parser.add_argument("--weights-schedule", choices=WEIGHT_SCHEDULES, default="1/t", help="η_t decay (default 1/t)")
@@ -65,7 +82,41 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--trace", action="store_true", help="after the answer, print a per-round table")
     output.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     commands.add_parser("presets", help="list the named member presets")
+    _eval_parser(commands)
     return parser
+
+
+def _quality_harness() -> Any:
+    """``benchmarks.quality`` from the source checkout this package runs from (editable installs)."""
+    try:
+        from benchmarks import quality
+    except ImportError:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not os.path.isfile(os.path.join(root, "benchmarks", "quality.py")):
+            return None
+        sys.path.insert(0, root)
+        from benchmarks import quality
+    return quality
+
+
+def _eval_parser(commands: Any) -> None:
+    harness = _quality_harness()
+    help_text = "IFEval-style quality of members alone vs SpecFuse variants, with a paired comparison"
+    if harness is None:
+        commands.add_parser("eval", help=help_text + " (needs a source checkout)")
+        return
+    commands.add_parser("eval", help=help_text, parents=[harness.build_parser(add_help=False)],
+                        description=harness.__doc__.split("\n\n")[0])  # fmt: skip
+
+
+def _eval(args: argparse.Namespace) -> int:
+    harness = _quality_harness()
+    if harness is None:
+        print("specfuse: error: 'specfuse eval' runs benchmarks/quality.py and needs a source checkout",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
+    _quiet_libraries()
+    return harness.run(args, paired_to_stdout=True)
 
 
 def config_from_args(args: argparse.Namespace) -> FusionConfig:
@@ -79,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         score_mode=args.score_mode,
         normalize=args.normalize,
         softmax_temperature=args.softmax_temperature,
+        score_span=args.score_span,
         exclude_self_scores=args.exclude_self,
         cache=not args.no_kv_cache,
         exit=args.exit,
@@ -87,6 +139,8 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         exit_entropy=args.exit_entropy,
         exit_share=args.exit_share,
         exit_quality=args.exit_quality,
+        exit_rule=args.exit_rule,
+        exit_lead_z=args.exit_lead_z,
         weights=args.weights,
         weights_eta0=args.weights_eta0,
         weights_schedule=args.weights_schedule,
@@ -168,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "presets":
             return _presets()
+        if args.command == "eval":
+            return _eval(args)
         return _ask(args)
     except SpecFuseError as error:
         print(f"specfuse: error: {error}", file=sys.stderr)

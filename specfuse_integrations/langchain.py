@@ -4,11 +4,13 @@
 >>> llm = SpecFuseChatModel(temperature=0, max_tokens=64)        # the default ensemble
 >>> llm.invoke("What is the capital of France?").content
 
-This module is a thin translation layer: LangChain messages become ``{"role", "content"}`` dicts
+This module is a thin translation layer: LangChain messages become specfuse message dicts
 (validated by :func:`specfuse_core.messages.validate_messages`), options become
-:class:`specfuse_core.FusionConfig` overrides, and every accepted segment becomes one streamed
-``AIMessageChunk`` plus one ``specfuse_segment`` custom callback event. All fusion logic lives in
-``specfuse_core``.
+:class:`specfuse_core.FusionConfig` overrides, LangChain tools become OpenAI function tools, and
+every accepted segment becomes one streamed ``AIMessageChunk`` (with ``tool_call_chunks``) plus one
+``specfuse_segment`` custom callback event. Tool calls and structured output are parsed and
+grammar-constrained by ``specfuse_core``; this module only converts its ``ToolCall`` /
+``ToolCallDelta`` objects into LangChain's. All fusion logic lives in ``specfuse_core``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +34,8 @@ try:
         adispatch_custom_event,
         dispatch_custom_event,
     )
-    from langchain_core.language_models import BaseChatModel, LangSmithParams
+    from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+    from langchain_core.language_models.model_profile import ModelProfile
     from langchain_core.messages import (
         AIMessage,
         AIMessageChunk,
@@ -43,9 +47,19 @@ try:
         ToolMessage,
     )
     from langchain_core.messages.ai import UsageMetadata
+    from langchain_core.messages.tool import ToolCallChunk, invalid_tool_call, tool_call, tool_call_chunk
+    from langchain_core.output_parsers import (
+        JsonOutputKeyToolsParser,
+        JsonOutputParser,
+        PydanticOutputParser,
+        PydanticToolsParser,
+    )
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-    from langchain_core.runnables import RunnableConfig, ensure_config
-    from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+    from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough, ensure_config
+    from langchain_core.tools import BaseTool
+    from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+    from langchain_core.utils.pydantic import is_basemodel_subclass
+    from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "specfuse_integrations.langchain needs the 'langchain' extra (langchain-core): "
@@ -63,6 +77,7 @@ from specfuse_core import (
     SegmentEvent,
 )
 from specfuse_core.messages import validate_messages
+from specfuse_core.tools import ToolCallDelta, tool_request
 
 __all__ = ["SEGMENT_EVENT", "ChatSpecFuse", "SpecFuseChatModel", "to_specfuse_messages"]
 
@@ -99,39 +114,125 @@ _FUSION_FIELDS: dict[str, str] = {
 
 _ROLE_OF_TYPE = {"system": "system", "human": "user", "ai": "assistant"}
 
+_TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+"""Per-call options passed to the ensemble as they are (see :meth:`specfuse_core.Ensemble.generate`)."""
+
+_DROPPED_ASSISTANT_BLOCKS = frozenset({"thinking", "redacted_thinking", "reasoning", "invalid_tool_call"})
+"""Content blocks of a past assistant turn that members never see: another model's private reasoning
+(providers drop it from later turns too) and calls that could not be parsed (they have no arguments
+to show and no tool message can answer them)."""
+
+
+def _assistant_content(content: str | list[Any]) -> str | list[Any]:
+    """A past assistant turn's content without reasoning or invalid-call blocks."""
+    if isinstance(content, str):
+        return content
+    return [b for b in content if not (isinstance(b, Mapping) and b.get("type") in _DROPPED_ASSISTANT_BLOCKS)]
+
+
+def _assistant_calls(message: AIMessage, index: int) -> list[dict[str, Any]]:
+    """``{"id", "name", "arguments"}`` of an AIMessage's parsed tool calls (ids made up when missing)."""
+    return [
+        {"id": call.get("id") or f"call_{index}_{k}", "name": call["name"], "arguments": call.get("args") or {}}
+        for k, call in enumerate(message.tool_calls)
+    ]
+
+
+def _tool_content(message: ToolMessage) -> str | list[Any]:
+    """A ToolMessage's content as specfuse accepts it: text, or text blocks (``status="error"`` says so)."""
+    content: str | list[Any] = message.content
+    if message.status != "error":
+        return content
+    text = content if isinstance(content, str) else ""
+    if text.lstrip().lower().startswith("error"):
+        return content
+    if isinstance(content, str):
+        return f"Error: {content}"
+    return [{"type": "text", "text": "Error: "}, *content]
+
 
 def to_specfuse_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """Translate LangChain messages into specfuse ``{"role", "content"}`` dicts.
+    """Translate LangChain messages into specfuse message dicts.
 
-    Content is passed through unchanged so that :func:`specfuse_core.messages.validate_messages`
-    rejects image, audio, file or tool blocks with an error that names the block type.
-    Tool messages, tool calls and unknown message types raise :class:`InvalidRequestError`.
+    - ``SystemMessage``/``HumanMessage``/``AIMessage``/``ChatMessage`` become ``{"role", "content"}``;
+    - an ``AIMessage`` with ``tool_calls`` adds ``tool_calls=[{"id", "name", "arguments"}]``; list
+      content may hold ``tool_use`` blocks (Anthropic style) and reasoning blocks, which are dropped
+      (its ``invalid_tool_calls`` are dropped too: no tool message can answer them);
+    - a ``ToolMessage`` becomes ``{"role": "tool", "content", "tool_call_id"}``; with
+      ``status="error"`` its text starts with ``Error:``.
+
+    Content is otherwise passed through unchanged so that
+    :func:`specfuse_core.messages.validate_messages` rejects image, audio or file blocks with an
+    error that names the block type. ``FunctionMessage`` (no call id) and unknown message types
+    raise :class:`InvalidRequestError`.
     """
     converted: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         if isinstance(message, ToolMessage):
-            raise InvalidRequestError(
-                f"message {index}: ToolMessage is not supported; specfuse ensembles do not call tools"
+            converted.append(
+                {"role": "tool", "content": _tool_content(message), "tool_call_id": message.tool_call_id}
             )
+            continue
         if isinstance(message, FunctionMessage):
             raise InvalidRequestError(
-                f"message {index}: FunctionMessage is not supported; specfuse ensembles do not call tools"
+                f"message {index}: FunctionMessage (the legacy OpenAI function-call reply) is not supported; "
+                "answer a tool call with a ToolMessage and its tool_call_id"
             )
-        if isinstance(message, AIMessage) and (message.tool_calls or message.invalid_tool_calls):
-            raise InvalidRequestError(
-                f"message {index}: AIMessage with tool_calls is not supported; specfuse ensembles do not call tools"
-            )
+        if isinstance(message, AIMessage):
+            entry: dict[str, Any] = {"role": "assistant", "content": _assistant_content(message.content)}
+            if message.tool_calls:
+                entry["tool_calls"] = _assistant_calls(message, index)
+            converted.append(entry)
+            continue
         if isinstance(message, ChatMessage):
             role = message.role
-        elif isinstance(message, (SystemMessage, HumanMessage, AIMessage)):
+        elif isinstance(message, (SystemMessage, HumanMessage)):
             role = _ROLE_OF_TYPE[message.type]
         else:
             raise InvalidRequestError(
                 f"message {index}: unsupported message type {type(message).__name__}; "
-                "expected SystemMessage, HumanMessage, AIMessage or ChatMessage"
+                "expected SystemMessage, HumanMessage, AIMessage, ToolMessage or ChatMessage"
             )
         converted.append({"role": role, "content": message.content})
     return converted
+
+
+def _tool_call_chunks(deltas: Sequence[ToolCallDelta]) -> list[ToolCallChunk]:
+    """One LangChain ``tool_call_chunk`` per call index of a segment (a segment may carry several
+    deltas of one call: its name and its first argument text)."""
+    merged: dict[int, ToolCallChunk] = {}
+    for delta in deltas:
+        chunk = merged.get(delta.index)
+        if chunk is None:
+            merged[delta.index] = tool_call_chunk(
+                name=delta.name, args=delta.arguments, id=delta.id, index=delta.index
+            )
+            continue
+        chunk["name"] = chunk["name"] or delta.name
+        chunk["id"] = chunk["id"] or delta.id
+        chunk["args"] = (chunk["args"] or "") + delta.arguments
+    return list(merged.values())
+
+
+def _response_format(response_format: Any, strict: bool | None) -> dict[str, Any]:
+    """An OpenAI ``response_format`` dict from one, or from a schema (Pydantic class, TypedDict, JSON schema)."""
+    if isinstance(response_format, Mapping) and response_format.get("type") in ("json_schema", "json_object", "text"):
+        return dict(response_format)
+    json_schema: dict[str, Any] = {
+        "name": _schema_name(response_format),
+        "schema": convert_to_json_schema(response_format),
+    }
+    if strict is not None:
+        json_schema["strict"] = strict
+    return {"type": "json_schema", "json_schema": json_schema}
+
+
+def _schema_name(schema: Any) -> str:
+    """The name LangChain gives a schema's tool (its title or class name), ``response`` if it has none."""
+    try:
+        return str(convert_to_openai_tool(schema)["function"]["name"])
+    except (ValueError, TypeError, KeyError):
+        return "response"
 
 
 def _name_of_spec(spec: str) -> str:
@@ -322,6 +423,125 @@ class SpecFuseChatModel(BaseChatModel):
             params["ls_stop"] = list(stop)
         return params
 
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """What the ensemble can do, for code that asks (``create_agent`` picks native structured
+        output when ``structured_output`` is true)."""
+        return ModelProfile(
+            text_inputs=True,
+            image_inputs=False,
+            image_url_inputs=False,
+            pdf_inputs=False,
+            audio_inputs=False,
+            video_inputs=False,
+            image_tool_message=False,
+            pdf_tool_message=False,
+            text_outputs=True,
+            tool_calling=True,
+            tool_choice=True,
+            tool_call_streaming=True,
+            structured_output=True,
+        )
+
+    # -- tools and structured output -------------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
+        response_format: Any = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """This model with ``tools`` offered on every call (a ``RunnableBinding``).
+
+        Args:
+            tools: LangChain tools, functions, Pydantic models, TypedDicts, JSON schemas or OpenAI
+                tool dicts (converted by ``convert_to_openai_tool``).
+            tool_choice: ``None``/``"auto"`` (the ensemble decides), ``"any"``/``"required"``/``True``
+                (at least one call), ``"none"`` (no call), a tool's name, or
+                ``{"type": "function", "function": {"name": ...}}`` (that tool).
+            parallel_tool_calls: ``False``: at most one call per answer.
+            strict: accepted for compatibility; arguments always follow the tool's schema, because
+                every member drafts them under a grammar compiled from it.
+            response_format: an OpenAI ``response_format`` dict, or a schema (Pydantic class,
+                TypedDict, JSON schema) that the final answer must follow.
+            kwargs: any other per-call option (``FusionConfig`` fields, ``stop``, ...).
+
+        Invalid combinations (an unknown tool name in ``tool_choice``, ``response_format`` with a
+        forced call) raise :class:`InvalidRequestError` when the binding is invoked.
+        """
+        formatted = [convert_to_openai_tool(t, strict=strict) for t in tools]
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = parallel_tool_calls
+        if strict is not None:
+            kwargs["strict"] = strict
+        if response_format is not None:
+            kwargs["response_format"] = _response_format(response_format, strict)
+        return self.bind(tools=formatted, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """This model answering with an object of ``schema`` (a Pydantic instance, or a dict).
+
+        Args:
+            schema: a Pydantic class (the result is an instance), a TypedDict, a JSON schema or an
+                OpenAI tool dict (the result is a dict). May be ``None`` only with ``json_mode``.
+            method: ``"json_schema"`` (default): the whole answer is decoded under the schema's
+                grammar; ``"function_calling"``: the schema becomes a tool the answer must call;
+                ``"json_mode"``: any JSON object (say in the prompt which keys you want).
+            include_raw: return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``
+                instead of raising when parsing fails.
+            strict: accepted for compatibility; the grammar always enforces the schema.
+        """
+        if kwargs:
+            raise ValueError(f"Received unsupported arguments {kwargs}")
+        if schema is None and method != "json_mode":
+            raise ValueError(f"with_structured_output(method={method!r}) needs a schema")
+        pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        trace = {"kwargs": {"method": method, "strict": strict}, "schema": schema} if schema is not None else None
+        parser: Runnable[Any, Any]
+        if method == "function_calling":
+            name = _schema_name(schema)
+            llm = self.bind_tools(
+                [schema],
+                tool_choice=name,
+                parallel_tool_calls=False,
+                strict=strict,
+                ls_structured_output_format=trace,
+            )
+            parser = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)
+                if pydantic
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+        elif method in ("json_schema", "json_mode"):
+            response_format = (
+                _response_format(schema, strict) if method == "json_schema" else {"type": "json_object"}
+            )
+            llm = self.bind(response_format=response_format, ls_structured_output_format=trace)
+            parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
+        else:
+            raise ValueError(
+                f"unknown method {method!r}: expected 'json_schema', 'function_calling' or 'json_mode'"
+            )
+        if not include_raw:
+            return llm | parser
+        parse_or_none = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        ).with_fallbacks([RunnablePassthrough.assign(parsed=lambda _: None)], exception_key="parsing_error")
+        return RunnableMap(raw=llm) | parse_or_none
+
     # -- ensemble and options --------------------------------------------------------------------
 
     def get_ensemble(self, model: str | None = None) -> Ensemble:
@@ -344,17 +564,24 @@ class SpecFuseChatModel(BaseChatModel):
         return {k: v for k, v in overrides.items() if v is not None}
 
     def _call_overrides(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """FusionConfig overrides and tool options of one call (``bind``/``bind_tools`` kwargs included).
+
+        ``strict`` is accepted and needs nothing: tool arguments and ``response_format`` answers are
+        always decoded under the schema's grammar.
+        """
         overrides = self._fusion_overrides()
         for name, value in kwargs.items():
-            if name in ("model", "timeout") or name.startswith("ls_") or value is None:
+            if name in ("model", "timeout", "strict") or name.startswith("ls_") or value is None:
+                continue
+            if name in _TOOL_OPTIONS:
+                overrides[name] = value
                 continue
             if name == "stop":
                 stop = stop or value
                 continue
             if name not in _FUSION_FIELDS:
-                raise ConfigError(
-                    f"unknown option {name!r} for SpecFuseChatModel; known: {', '.join(sorted(_FUSION_FIELDS))}"
-                )
+                known = ", ".join(sorted([*_FUSION_FIELDS, *_TOOL_OPTIONS]))
+                raise ConfigError(f"unknown option {name!r} for SpecFuseChatModel; known: {known}")
             overrides[_FUSION_FIELDS[name]] = value
         if stop:
             overrides["stop"] = tuple([stop] if isinstance(stop, str) else stop)
@@ -365,6 +592,7 @@ class SpecFuseChatModel(BaseChatModel):
     ) -> tuple[Ensemble, list[dict[str, Any]], dict[str, Any], float | None]:
         request = validate_messages(to_specfuse_messages(messages))  # before any model loads
         overrides = self._call_overrides(stop, kwargs)
+        tool_request(**{k: overrides[k] for k in _TOOL_OPTIONS if k in overrides})  # likewise
         timeout = kwargs.get("timeout", self.timeout)
         return self.get_ensemble(kwargs.get("model")), request, overrides, timeout
 
@@ -391,7 +619,12 @@ class SpecFuseChatModel(BaseChatModel):
 
     def _chat_result(self, ensemble: Ensemble, result: FusionResult) -> ChatResult:
         message = AIMessage(
-            content=result.text,
+            content=result.content,
+            tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in result.tool_calls],
+            invalid_tool_calls=[
+                invalid_tool_call(name=c.name, args=c.arguments, id=c.id, error=c.error)
+                for c in result.invalid_tool_calls
+            ],
             usage_metadata=self._usage(result),
             response_metadata=self._response_metadata(ensemble, result),
         )
@@ -541,14 +774,18 @@ class SpecFuseChatModel(BaseChatModel):
         for event, result in self._run(ensemble, request, overrides, timeout, run_manager):
             chunk = self._chunk(ensemble, event, result)
             if run_manager is not None:
-                run_manager.on_llm_new_token(event.text, chunk=chunk)
+                run_manager.on_llm_new_token(event.content, chunk=chunk)
             yield chunk
 
     def _chunk(self, ensemble: Ensemble, event: SegmentEvent, result: FusionResult | None) -> ChatGenerationChunk:
+        """One segment as a chunk: its content delta and its tool-call pieces (summed, they give the
+        same message as ``invoke``)."""
+        calls = _tool_call_chunks(event.tool_calls)
         if result is None:
-            return ChatGenerationChunk(message=AIMessageChunk(content=event.text))
+            return ChatGenerationChunk(message=AIMessageChunk(content=event.content, tool_call_chunks=calls))
         message = AIMessageChunk(
-            content=event.text,
+            content=event.content,
+            tool_call_chunks=calls,
             usage_metadata=self._usage(result),
             response_metadata=self._response_metadata(ensemble, result),
             chunk_position="last",
@@ -611,7 +848,7 @@ class SpecFuseChatModel(BaseChatModel):
         async for event, result in self._arun(ensemble, request, overrides, timeout, run_manager):
             chunk = self._chunk(ensemble, event, result)
             if run_manager is not None:
-                await run_manager.on_llm_new_token(event.text, chunk=chunk)
+                await run_manager.on_llm_new_token(event.content, chunk=chunk)
             yield chunk
 
 

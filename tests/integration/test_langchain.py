@@ -18,6 +18,7 @@ from langchain_core.messages import (
     AIMessage,
     BaseMessage,
     ChatMessage,
+    FunctionMessage,
     HumanMessage,
     RemoveMessage,
     SystemMessage,
@@ -119,8 +120,12 @@ BAD_INPUTS = {
     "image_url block": ([HumanMessage([IMAGE_URL])], "'image_url'"),
     "audio block": ([HumanMessage([AUDIO])], "'audio'"),
     "input_audio block": ([HumanMessage([INPUT_AUDIO])], "'audio'"),  # LangChain normalises it to 'audio'
-    "tool message": ([HumanMessage("hi"), ToolMessage("42", tool_call_id="1")], "ToolMessage"),
-    "ai tool call": ([HumanMessage("hi"), AIMessage("", tool_calls=[TOOL_CALL])], "tool_calls"),
+    "tool message answering no call": ([HumanMessage("hi"), ToolMessage("42", tool_call_id="1")], "matches no tool call"),
+    "tool call without its tool": (
+        [HumanMessage("hi"), AIMessage("", tool_calls=[TOOL_CALL]), ToolMessage("42", tool_call_id="2")],
+        "'2' matches no tool call",
+    ),
+    "function message": ([HumanMessage("hi"), FunctionMessage("42", name="add")], "FunctionMessage"),
     "unknown message type": ([RemoveMessage(id="x")], "unsupported message type RemoveMessage"),
     "unknown role": ([ChatMessage(role="critic", content="hm")], "unknown role 'critic'"),
     "empty list": ([], "empty"),

@@ -30,3 +30,23 @@ def test_policy_options_reach_the_config():
 def test_out_of_range_policy_option_is_a_config_error():
     with pytest.raises(ConfigError, match="exit_entropy must be in \\[0, 1\\]"):
         parse("--exit-entropy", "2")
+
+
+@pytest.mark.parametrize("mode", ["sum", "softmax", "ratio", "calibrated", "rank"])
+def test_every_normalisation_is_a_cli_choice(mode):
+    assert parse("--normalize", mode).normalize == mode
+
+
+def test_fair_vote_options_reach_the_config():
+    config = parse("--score-span", "leading", "--exit", "--exit-rule", "lead", "--exit-lead-z", "1.2")
+    assert (config.score_span, config.exit_rule, config.exit_lead_z) == ("leading", "lead", 1.2)
+
+
+def test_eval_takes_the_quality_harness_options():
+    from benchmarks import quality
+
+    args = build_parser().parse_args(["eval", "--data", "mine.jsonl", "--configs", "members,specfuse+calibrated",
+                                      "--member", "a", "--member", "b", "--limit", "5", "--score-only"])  # fmt: skip
+    assert args.command == "eval" and args.data == "mine.jsonl" and args.limit == 5 and args.score_only
+    harness = {a.dest for a in quality.build_parser()._actions} - {"help"}
+    assert harness <= set(vars(args))

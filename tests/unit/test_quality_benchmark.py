@@ -152,7 +152,8 @@ def test_run_id_depends_on_generation_settings() -> None:
 
 def test_configs_expand_members_and_reject_unknown_names() -> None:
     specs = ["smollm2-135m-instruct", "/models/qwen::score"]
-    assert quality.expand_configs(None, specs) == ["smollm2-135m-instruct", "qwen", *quality.FUSION_CONFIGS]
+    assert quality.expand_configs(None, specs) == ["smollm2-135m-instruct", "qwen", *quality.DEFAULT_CONFIGS]
+    assert quality.expand_configs(["members,specfuse+calibrated"], specs)[-1] == "specfuse+calibrated"
     assert quality.expand_configs(["members,specfuse+exit", "specfuse"], specs) == [
         "smollm2-135m-instruct", "qwen", "specfuse+exit", "specfuse"]  # fmt: skip
     with pytest.raises(SystemExit):
@@ -186,15 +187,30 @@ def test_score_only_cli_writes_outputs_from_the_cache(tmp_path: Path, capsys: py
     data.write_text("".join(json.dumps(r) + "\n" for r in (LOWERCASE_NO_COMMA, HASHTAGS)))
     specs = ["a", "b"]
     run_dir = tmp_path / "results" / quality.run_id(specs, 16, 10)
-    cache = quality.ResponseCache(run_dir)
-    for key, text in ((1, "cats are soft. they sleep all day."), (2, "#1 #2 #3 #4")):
-        cache.put("a", key, dict(_fake_record("a", text), key=key))
-    argv = ["--data", str(data), "--member", "a", "--member", "b", "--configs", "a", "--max-tokens", "16",
+    # A member alone is cached under its own run id, shared by every ensemble it belongs to.
+    cache = quality.ResponseCache(tmp_path / "results", quality.cache_dirnames(["a", "b", "specfuse"], specs, {}, 16, 10))
+    assert cache.path("a", 1).parent == tmp_path / "results" / quality.run_id(["a"], 16, 10) / "a"
+    assert cache.path("specfuse", 1).parent.parent == run_dir
+    answers = {"a": ("cats are soft. they sleep all day.", "#1 #2 #3 #4"), "b": ("Cats, nap.", "#1"),
+               "specfuse": ("cats nap all day. they purr.", "#1")}  # fmt: skip
+    for config, texts in answers.items():
+        for key, text in zip((1, 2), texts):
+            cache.put(config, key, dict(_fake_record(config, text), key=key))
+    argv = ["--data", str(data), "--member", "a", "--member", "b", "--configs", "a,b,specfuse", "--max-tokens", "16",
             "--results", str(tmp_path / "results"), "--score-only", "--json", "--quiet"]  # fmt: skip
     assert quality.main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n"] == 2 and out["configs"][0]["prompt_strict"] == 1.0
+    assert out["configs"][0]["prompt_loose_ci"][1] == 1.0
     assert (run_dir / "results.md").exists() and (run_dir / "quality.png").exists()
+    # a follows both prompts, specfuse one, b none: a is the reference; specfuse loses prompt 2.
+    paired = {c["config"]: c for c in out["paired"]}
+    assert set(paired) == {"b", "specfuse"} and paired["specfuse"]["reference"] == "a"
+    assert (paired["specfuse"]["wins"], paired["specfuse"]["losses"], paired["specfuse"]["both"]) == (0, 1, 1)
+    assert paired["b"]["losses"] == 2 and paired["b"]["mcnemar_p"] == pytest.approx(0.5)
+    assert "not significant" in paired["specfuse"]["sentence"]
+    report = (run_dir / "results.md").read_text()
+    assert "## Paired comparison against the best member" in report and "## Length bias" in report
 
 
 def test_diagnostics_explain_contested_rounds() -> None:
@@ -241,3 +257,25 @@ def test_plot_labels_of_nearby_points_are_merged_so_none_overlaps() -> None:
     groups = quality.label_groups(points, x_tolerance=0.3, y_tolerance=3.0)
     assert [names for _, _, names in groups] == [["specfuse"], ["specfuse+exit", "specfuse+exit+weights"], ["a"], ["b"]]
     assert groups[1][:2] == (2.89, 12.5)
+
+
+def test_length_bias_counts_rounds_won_by_the_shorter_candidate() -> None:
+    def round_(lengths, winner):
+        drafters = [[m] for m in ("a", "b", "c")[: len(lengths)]]
+        return {"consensus": False, "winners": drafters[winner], "candidate_drafters": drafters,
+                "candidate_chars": lengths}  # fmt: skip
+
+    trace = [round_([2, 40], 0), round_([2, 40], 0), round_([30, 40], 1), round_([10, 10], 0),
+             round_([5, 10, 20], 0), {"consensus": True, "winners": ["a"], "candidate_drafters": [["a"]],
+                                      "candidate_chars": [7]}]  # fmt: skip
+    bias = quality.length_bias([{"trace": trace}])
+    # Pairs of different lengths: (2 beat 40) x2, (40 beat 30), (5 beat 10), (5 beat 20); the 10/10 round has none.
+    assert bias["pairs"] == 5 and bias["shorter_wins"] == pytest.approx(4 / 5)
+    assert bias["by_ratio"]["0.00-0.25"] == {"pairs": 2, "shorter_wins": 1.0}  # 2/40
+    assert bias["by_ratio"]["0.25-0.50"] == {"pairs": 1, "shorter_wins": 1.0}  # 5/20
+    assert bias["by_ratio"]["0.50-0.75"] == {"pairs": 1, "shorter_wins": 1.0}  # 5/10
+    assert bias["by_ratio"]["0.75-1.00"] == {"pairs": 1, "shorter_wins": 0.0}  # 30/40, the longer won
+    assert bias["mean_chars"] == {"won": pytest.approx((2 + 2 + 40 + 10 + 5) / 5),
+                                  "lost": pytest.approx((40 + 40 + 30 + 10 + 10 + 20) / 6)}  # fmt: skip
+    table = quality.length_bias_markdown({"specfuse": {"length_bias": bias}})
+    assert "| specfuse | 5 | 80.0% | 100.0% (2) |" in table
