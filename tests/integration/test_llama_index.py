@@ -147,7 +147,7 @@ def test_metadata(llm):
     assert meta.context_window == 2048  # the smallest member's
     assert meta.num_output == 512
     assert meta.is_chat_model is True
-    assert meta.is_function_calling_model is False
+    assert meta.is_function_calling_model is True  # FunctionAgent and FunctionCallingProgram accept it
     assert meta.model_name == "specfuse(a+b)"
     assert SpecFuseLLM(ensemble=scripted_ensemble(max_tokens=77)).metadata.num_output == 77
 
@@ -209,9 +209,11 @@ def test_messages_are_translated():
         (ChatMessage(role="user", blocks=[AudioBlock(audio=b"RIFF0000", format="wav")]), "AudioBlock"),
         (
             ChatMessage(role="assistant", content="", additional_kwargs={"tool_calls": [{"id": "1"}]}),
-            "tool calls",
+            "no tool name",
         ),
-        (ChatMessage(role=MessageRole.TOOL, content="42"), "'tool'"),
+        (ChatMessage(role=MessageRole.TOOL, content="42"), "tool_call_id"),
+        (ChatMessage(role=MessageRole.TOOL, content="42", additional_kwargs={"tool_call_id": "c9"}), "matches no"),
+        (ChatMessage(role=MessageRole.FUNCTION, content="42"), "legacy function"),
     ],
 )
 def test_unsupported_content_raises_a_clear_error(llm, message, needle):
