@@ -18,7 +18,6 @@ from .config import (
     WEIGHT_SCHEDULES,
     FusionConfig,
 )
-
 from .errors import SpecFuseError
 from .trace import FusionResult
 
@@ -77,13 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer a question with the ensemble, streaming each accepted segment")
     ask.add_argument("question", help="the question; '-' reads it from standard input")
     ask.add_argument("--system", help="system message")
+    ask.add_argument("--tools", metavar="FILE.json", help=(
+        "JSON file with a list of OpenAI function tools: the answer may call them (needs the tools extra)"))  # fmt: skip
+    ask.add_argument("--tool-choice", metavar="CHOICE",
+                     help="with --tools: auto (default), required, none, or a tool's name")  # fmt: skip
+    ask.add_argument("--json-schema", metavar="FILE.json", help="JSON schema file: the answer is one JSON value of it")
     _fusion_arguments(ask)
     output = ask.add_mutually_exclusive_group()
     output.add_argument("--trace", action="store_true", help="after the answer, print a per-round table")
     output.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     commands.add_parser("presets", help="list the named member presets")
     _eval_parser(commands)
+    _serve_parser(commands)
     return parser
+
+
+def _serve_parser(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="serve the ensemble over an OpenAI-compatible HTTP API (extra: serve)")
+    _fusion_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SPECFUSE_SERVER_API_KEY)")
+    serve.add_argument("--model-name", default="specfuse", help="the model id clients send (default specfuse)")
+    serve.add_argument("--max-concurrent", type=int, default=8, help="requests answered at once (default 8)")
+    serve.add_argument("--max-queue", type=int, default=32, help="requests waiting beyond that; then 429 (default 32)")
+    serve.add_argument("--max-body-bytes", type=int, default=2 * 1024 * 1024, help="larger bodies get 413 (2 MiB)")
+    serve.add_argument("--shutdown-timeout", type=float, default=10.0,
+                       help="on SIGTERM, seconds in-flight requests may take before they are cancelled (default 10)")  # fmt: skip
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
 def _quality_harness() -> Any:
@@ -189,17 +209,74 @@ def _ask(args: argparse.Namespace) -> int:
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": question}
     ]
+    options = request_options(args)
     if args.json:
-        print(json.dumps(ensemble.generate(messages).to_dict(), ensure_ascii=False))
+        print(json.dumps(ensemble.generate(messages, **options).to_dict(), ensure_ascii=False))
         return 0
-    stream = ensemble.stream(messages)
+    stream = ensemble.stream(messages, **options)
     for event in stream:
-        sys.stdout.write(event.text)
+        sys.stdout.write(event.content)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    result = stream.result
+    for call in result.tool_calls:
+        print(f"tool call {call.id}: {call.name}({call.arguments_json()})")
+    for invalid in result.invalid_tool_calls:
+        print(f"invalid tool call ({invalid.error}): {invalid.arguments}")
     if args.trace:
-        print(trace_table(stream.result))
+        print(trace_table(result))
     return 0
+
+
+def _json_file(path: str, option: str) -> Any:
+    from .errors import InvalidRequestError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except OSError as error:
+        raise InvalidRequestError(f"{option} {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise InvalidRequestError(f"{option} {path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+
+
+def request_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The tool and response-format options of ``specfuse ask`` as ``Ensemble.generate`` keywords."""
+    options: dict[str, Any] = {}
+    if args.tools:
+        tools = _json_file(args.tools, "--tools")
+        options["tools"] = tools.get("tools", tools) if isinstance(tools, dict) else tools
+    if args.tool_choice:
+        options["tool_choice"] = args.tool_choice
+    if args.json_schema:
+        schema = _json_file(args.json_schema, "--json-schema")
+        options["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    return options
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from specfuse_integrations.server import serve
+    except ImportError as error:
+        print(f"specfuse: error: the server needs the serve extra: pip install 'specfuse[serve]' ({error})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
+    from .engine import Ensemble
+
+    config = config_from_args(args)
+    api_key = args.api_key or os.environ.get("SPECFUSE_SERVER_API_KEY") or None
+    options = member_options(args)
+
+    def load() -> Ensemble:
+        _quiet_libraries()
+        return Ensemble.from_specs(args.member, config, **options)
+
+    import logging
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    return serve(load, host=args.host, port=args.port, api_key=api_key, model_name=args.model_name,
+                 max_concurrent=args.max_concurrent, max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
+                 shutdown_timeout=args.shutdown_timeout, log_level=args.log_level)  # fmt: skip
 
 
 def _presets() -> int:
@@ -222,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "presets":
             return _presets()
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "eval":
             return _eval(args)
         return _ask(args)

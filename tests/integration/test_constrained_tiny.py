@@ -59,10 +59,14 @@ SCHEMAS = {"get_weather": WEATHER["function"]["parameters"], "add": ADD["functio
 
 
 @pytest.fixture(scope="module")
-def ensemble(tmp_path_factory) -> Ensemble:
+def tiny_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-grammar")
-    a = build_tiny_model(root / "a", vocab_size=300, seed=1)
-    b = build_tiny_model(root / "b", vocab_size=420, seed=2)
+    return build_tiny_model(root / "a", vocab_size=300, seed=1), build_tiny_model(root / "b", vocab_size=420, seed=2)
+
+
+@pytest.fixture(scope="module")
+def ensemble(tiny_dirs) -> Ensemble:
+    a, b = tiny_dirs
     return Ensemble(
         [HFMember(str(a), name="tiny-a"), HFMember(str(b), name="tiny-b")],
         FusionConfig(temperature=0, segment_tokens=6, max_tokens=120),
@@ -190,3 +194,19 @@ def test_unmatched_tool_message_is_rejected(ensemble):
     with pytest.raises(InvalidRequestError, match="matches no tool call"):
         ensemble.generate([*MESSAGES, {"role": "tool", "tool_call_id": "nope", "content": "x"}])
     assert ensemble.open_sessions == 0
+
+
+def test_cli_ask_with_tools_file(tiny_dirs, tmp_path, capsys):
+    from specfuse_core.cli import main
+
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([WEATHER, ADD]))
+    a, b = tiny_dirs
+    argv = ["ask", "Weather in Oslo?", "--member", str(a), "--member", str(b), "--tools", str(tools)]
+    assert main([*argv, "--tool-choice", "add", "--temperature", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["finish_reason"] == "tool_calls"
+    assert [c["function"]["name"] for c in out["tool_calls"]] == ["add"]
+    jsonschema.validate(json.loads(out["tool_calls"][0]["function"]["arguments"]), SCHEMAS["add"])
+    assert main([*argv, "--tool-choice", "get_weather", "--temperature", "0"]) == 0
+    assert "tool call call_" in capsys.readouterr().out
