@@ -279,3 +279,23 @@ def test_length_bias_counts_rounds_won_by_the_shorter_candidate() -> None:
                                   "lost": pytest.approx((40 + 40 + 30 + 10 + 10 + 20) / 6)}  # fmt: skip
     table = quality.length_bias_markdown({"specfuse": {"length_bias": bias}})
     assert "| specfuse | 5 | 80.0% | 100.0% (2) |" in table
+
+
+def test_specfuse_eval_prints_the_paired_comparison(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from specfuse_core import cli
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in (LOWERCASE_NO_COMMA, HASHTAGS)))
+    dirnames = quality.cache_dirnames(["a", "specfuse"], ["a", "b"], {}, 16, 10)
+    cache = quality.ResponseCache(tmp_path / "results", dirnames)
+    for config, texts in {"a": ("cats are soft. they sleep all day.", "#1 #2 #3 #4"),
+                          "specfuse": ("Cats, nap.", "#1")}.items():  # fmt: skip
+        for key, text in zip((1, 2), texts):
+            cache.put(config, key, dict(_fake_record(config, text), key=key))
+    argv = ["eval", "--data", str(data), "--member", "a", "--member", "b", "--configs", "a,specfuse",
+            "--max-tokens", "16", "--results", str(tmp_path / "results"), "--score-only", "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "## Paired comparison against the best member (loose)" in out
+    assert "| specfuse | 2 | 0 | 2 | 0 | 0 | 0.5 | -100.0 |" in out
+    assert "specfuse vs a on N = 2 prompts: 0 wins, 2 losses" in out and "not significant" in out
