@@ -416,6 +416,7 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
         "final_quality_gap": {k: round(statistics.median(v), 3) if v else None for k, v in gaps.items()},
         "min_exit_entropy": {k: round(statistics.median(v), 3) if v else None for k, v in min_entropy.items()},
         "length_bias": length_bias(records),
+        "lead_exit_estimate": [simulate_lead_exit(records, z) for z in (1.0, 1.645)],
     }
 
 
@@ -474,6 +475,56 @@ def length_bias(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def simulate_lead_exit(records: Sequence[dict[str, Any]], z: float, min_rounds: int = 3) -> dict[str, Any]:
+    """What ``exit_rule="lead"`` would have cost on answers generated without exit (an estimate).
+
+    Replays each answer's contested rounds: the first verified round ``t ≥ min_rounds`` at which the
+    leader's wins exceed another member's by ``z · sqrt(t)`` is where that member would have exited.
+    The estimate keeps the rounds up to there and charges every later round one call (the last member
+    drafting alone), so it assumes the answer would have had the same number of rounds.
+
+    - ``fired``: share of answers in which the rule fires (two-member answers only);
+    - ``calls_ratio``: estimated member calls with exit / calls without exit;
+    - ``median_round``: median round index at which it fires.
+    """
+    from specfuse_core import policies
+
+    simulated = actual = fired = answers = 0
+    rounds_fired: list[int] = []
+    for record in records:
+        trace = record.get("trace", [])
+        members = sorted({m for t in trace for d in t.get("candidate_drafters", []) for m in d})
+        if len(members) != 2 or not trace:
+            continue
+        answers += 1
+        wins = dict.fromkeys(members, 0.0)
+        verified, exit_at = 0, None
+        for index, t in enumerate(trace):
+            if t.get("consensus", True) or t["winners"] not in t.get("candidate_drafters", []):
+                continue
+            verified += 1
+            for m in t["winners"]:
+                wins[m] = wins.get(m, 0.0) + 1
+            if policies.decide_exits_by_lead([wins[m] for m in members], verified, min_rounds=min_rounds, z=z).exiting:
+                exit_at = index
+                break
+        calls = [t.get("calls", 0) for t in trace]
+        actual += sum(calls)
+        if exit_at is None:
+            simulated += sum(calls)
+        else:
+            fired += 1
+            rounds_fired.append(exit_at + 1)
+            simulated += sum(calls[: exit_at + 1]) + (len(trace) - exit_at - 1)
+    return {
+        "z": z,
+        "answers": answers,
+        "fired": round(fired / answers, 4) if answers else None,
+        "calls_ratio": round(simulated / actual, 4) if actual else None,
+        "median_round": statistics.median(rounds_fired) if rounds_fired else None,
+    }
+
+
 def length_bias_markdown(diag: dict[str, dict[str, Any]]) -> str:
     lines = ["## Length bias (contested rounds)", "",
              "Pairs (winner, other candidate) of different lengths in characters. Shorter wins: share of pairs "
@@ -495,6 +546,17 @@ def length_bias_markdown(diag: dict[str, dict[str, Any]]) -> str:
         chars = bias["mean_chars"]
         lines.append(f"| {config} | {bias['pairs']} | {pct(bias['shorter_wins'])} | {cells} | "
                      f"{chars['won']} / {chars['lost']} |")  # fmt: skip
+    estimates = {c: d["lead_exit_estimate"] for c, d in diag.items() if d.get("lead_exit_estimate")}
+    if estimates:
+        lines += ["", "## Exit on a significant lead, replayed on these answers (estimate)", "",
+                  "Where `exit_rule=lead` would have fired (lead ≥ z·sqrt(t) after t ≥ 3 verified rounds) and the "
+                  "member calls it would have saved, counting one call per round after the exit.", "",
+                  "| configuration | z | answers | fired | median round | calls ratio |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for config, rows in estimates.items():
+            for e in rows:
+                fired = "–" if e["fired"] is None else f"{_pct(e['fired'])}%"
+                lines.append(f"| {config} | {e['z']} | {e['answers']} | {fired} | {e['median_round']} | "
+                             f"{e['calls_ratio']} |")  # fmt: skip
     lines.append("")
     return "\n".join(lines)
 

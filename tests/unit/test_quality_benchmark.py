@@ -299,3 +299,16 @@ def test_specfuse_eval_prints_the_paired_comparison(tmp_path: Path, capsys: pyte
     assert "## Paired comparison against the best member (loose)" in out
     assert "| specfuse | 2 | 0 | 2 | 0 | 0 | 0.5 | -100.0 |" in out
     assert "specfuse vs a on N = 2 prompts: 0 wins, 2 losses" in out and "not significant" in out
+
+
+def test_lead_exit_replay_estimates_calls() -> None:
+    def contested(winner):
+        return {"consensus": False, "winners": [winner], "candidate_drafters": [["a"], ["b"]], "calls": 4}
+
+    sweep = {"trace": [contested("a")] * 3 + [contested("a")] * 2}  # 3-0 after 3 rounds: fires at round 3
+    close = {"trace": [contested("a"), contested("b")] * 3}  # never more than 1 ahead
+    estimate = quality.simulate_lead_exit([sweep, close], 1.645)
+    # sweep: 3 rounds x 4 calls + 2 solo rounds x 1 = 14 instead of 20; close: 24 either way.
+    assert estimate == {"z": 1.645, "answers": 2, "fired": 0.5, "calls_ratio": round((14 + 24) / (20 + 24), 4),
+                        "median_round": 3}  # fmt: skip
+    assert quality.simulate_lead_exit([close], 1.0)["fired"] == 0.0
