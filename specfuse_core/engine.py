@@ -21,7 +21,15 @@ from .errors import ConfigError, NoActiveMembersError
 from .member import ContextWindowFull, Draft, Member, MemberSession, SamplingParams
 from .messages import Message, validate_messages
 from .segments import find_stop, trim_to_word_boundary
-from .tools import NO_TOOLS, ToolCallDelta, ToolCallStreamParser, ToolRequest, parse_tool_calls, tool_request
+from .tools import (
+    NO_TOOLS,
+    ToolCallDelta,
+    ToolCallStreamParser,
+    ToolRequest,
+    add_missing_call_tag,
+    parse_tool_calls,
+    tool_request,
+)
 from .trace import (
     Candidate,
     FinishReason,
@@ -388,6 +396,7 @@ class _Request:
         calls: list[MemberCall] = []
         drafters = [m for m in self.active if m.can_draft]
         solo = len(drafters) == 1
+        grammar_start = self._grammar_seconds()
         self._round_notes = []
         self._forced = self.grammar.forced(self.text) if self.grammar is not None else ""
         if self._forced:
@@ -442,7 +451,12 @@ class _Request:
             active=tuple(m.name for m in self.active),
             exits=exits,
             calls=tuple(calls),
-            timings=Timings(round(draft_s, 6), round(verify_s, 6), round(time.perf_counter() - round_start, 6)),
+            timings=Timings(
+                round(draft_s, 6),
+                round(verify_s, 6),
+                round(time.perf_counter() - round_start, 6),
+                round(self._grammar_seconds() - grammar_start, 6),
+            ),
             consensus=len(proposals) == 1,
             solo=solo,
             finish_reason=finish,
@@ -454,6 +468,11 @@ class _Request:
         for name, draft in drafts:
             text = trim_to_word_boundary(draft.text, draft.next_text) if trim and draft.hit_budget else draft.text
             ended = draft.ended
+            if self.tools.calls_tools and self.tools.response_schema is None:
+                tagged = add_missing_call_tag(self.text + self._forced, text)
+                if tagged is not None:
+                    self._round_notes.append(f"{name}: a call without its <tool_call> tag; the tag was added")
+                    text = tagged
             if self.grammar is not None:
                 text, ended = self._grammatical(name, text, ended)
             if not text and not ended:
@@ -472,6 +491,12 @@ class _Request:
             self._round_notes.append(f"{name}: draft ended where the grammar is incomplete; kept as a continuation")
             ended = False
         return text, ended
+
+    def _grammar_seconds(self) -> float:
+        """Time spent on the grammar so far: the engine's checks plus every session's masks."""
+        if self.grammar is None:
+            return 0.0
+        return self.grammar.seconds + sum(getattr(s, "grammar_seconds", 0.0) for s in self.sessions.values())
 
     def _sync_sessions(self, text: str) -> None:
         for member in self.active:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -191,13 +192,29 @@ class _Follower:
         self.broken = not ok
 
 
+def _timed(method: Any) -> Any:
+    def wrapper(self: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return method(self, *args)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
 class TextGrammar:
-    """The engine's view of a request's grammar: checks any text, whatever tokenizer produced it."""
+    """The engine's view of a request's grammar: checks any text, whatever tokenizer produced it.
+
+    ``seconds`` is the time spent in its checks so far.
+    """
 
     def __init__(self, request: ToolRequest) -> None:
         self._view = _bytes_view()
         self._follower = _Follower(self._view.compile(request))
         self._mask = _require_library().allocate_token_bitmask(1, _ByteVocabulary.END + 1)
+        self.seconds = 0.0
 
     def _after(self, accepted: str, text: str = "") -> Any:
         """A matcher after ``accepted + text``, or ``None`` when that is not a valid prefix."""
@@ -207,6 +224,7 @@ class TextGrammar:
         matcher = self._follower.matcher.fork()
         return matcher if not text or matcher.accept_string(text) else None
 
+    @_timed
     def valid_prefix_length(self, accepted: str, text: str) -> int:
         """How many leading characters of ``text`` can follow ``accepted`` under the grammar."""
         matcher = self._after(accepted)
@@ -219,11 +237,13 @@ class TextGrammar:
                 return index
         return len(text)
 
+    @_timed
     def is_complete(self, accepted: str, text: str = "") -> bool:
         """Whether the answer may end after ``accepted + text``."""
         matcher = self._after(accepted, text)
         return matcher is not None and bool(matcher.accept_token(_ByteVocabulary.END))
 
+    @_timed
     def must_end(self, accepted: str) -> bool:
         """Whether the grammar allows nothing after ``accepted`` but the end of the answer."""
         matcher = self._after(accepted)
@@ -232,6 +252,7 @@ class TextGrammar:
         matcher.fill_next_token_bitmask(self._mask)
         return not any(word != 0 for word in self._mask[0, :8].tolist())  # bits 0..255: the byte tokens
 
+    @_timed
     def forced(self, accepted: str) -> str:
         """Text that the grammar forces after ``accepted`` (``""`` when there is a choice)."""
         matcher = self._after(accepted)
@@ -239,27 +260,34 @@ class TextGrammar:
 
 
 class TokenConstraint:
-    """A member session's grammar state: follows the accepted text, masks tokens while drafting."""
+    """A member session's grammar state: follows the accepted text, masks tokens while drafting.
+
+    ``seconds`` is the time spent on the grammar so far (syncing, masks, advancing).
+    """
 
     def __init__(self, vocabulary: TokenVocabulary, request: ToolRequest) -> None:
         self.vocabulary = vocabulary
         self._follower = _Follower(vocabulary.compile(request))
         self._mask = _require_library().allocate_token_bitmask(1, vocabulary.vocab_size)
+        self.seconds = 0.0
 
     def sync(self, accepted_text: str) -> None:
+        start = time.perf_counter()
         self._follower.sync(accepted_text)
+        self.seconds += time.perf_counter() - start
 
     def start_draft(self) -> DraftConstraint | None:
         """A fork for one draft, or ``None`` when the accepted text left the grammar (draft freely)."""
         if self._follower.broken:
             return None
-        return DraftConstraint(self._follower.matcher.fork(), self._mask)
+        return DraftConstraint(self, self._follower.matcher.fork(), self._mask)
 
 
 class DraftConstraint:
     """The grammar state inside one draft."""
 
-    def __init__(self, matcher: Any, mask: Any) -> None:
+    def __init__(self, owner: TokenConstraint, matcher: Any, mask: Any) -> None:
+        self.owner = owner
         self.matcher = matcher
         self.mask = mask
         self.off = False
@@ -268,11 +296,15 @@ class DraftConstraint:
         """A copy of ``logits`` (1-D) where tokens the grammar forbids are ``-inf``."""
         if self.off or self.matcher.is_terminated():
             return logits
+        start = time.perf_counter()
         self.matcher.fill_next_token_bitmask(self.mask)
         masked = logits.clone().unsqueeze(0)
         xgr.apply_token_bitmask_inplace(masked, self.mask.to(masked.device))
+        self.owner.seconds += time.perf_counter() - start
         return masked[0]
 
     def advance(self, token_id: int) -> None:
+        start = time.perf_counter()
         if not self.off and not self.matcher.is_terminated() and not self.matcher.accept_token(token_id):
             self.off = True  # cannot happen with a masked sample; never let it stop the draft
+        self.owner.seconds += time.perf_counter() - start

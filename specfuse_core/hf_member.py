@@ -240,6 +240,11 @@ class HFSession:
 
     # -- the MemberSession protocol -------------------------------------------------------------
 
+    @property
+    def grammar_seconds(self) -> float:
+        """Time this session spent on its grammar (masks, syncing): part of the round's grammar cost."""
+        return self.constraint.seconds if self.constraint is not None else 0.0
+
     async def draft(self, max_new_tokens: int, sampling: SamplingParams) -> Draft:
         return await self.member.run(lambda: self._draft(max_new_tokens, sampling))
 

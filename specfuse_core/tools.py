@@ -108,6 +108,23 @@ def render_tool_calls(calls: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(render_tool_call(c["name"], c["arguments"]) for c in calls)
 
 
+def add_missing_call_tag(accepted: str, draft: str) -> str | None:
+    """``draft`` with ``<tool_call>`` added when it starts a call without it, else ``None``.
+
+    Small models trained on this format (Qwen2.5-Coder-0.5B among them) often open a call with the
+    bare ``{"name": "...`` object. At the start of the answer or of a line, outside any call, such a
+    draft is read as the call it means, so the shared text stays canonical.
+    """
+    stripped = draft.lstrip()
+    if not stripped.startswith(_BARE_CALL) or (accepted.strip() and not accepted.endswith("\n")):
+        return None
+    if accepted.rfind(CALL_OPEN) > accepted.rfind(CALL_CLOSE):
+        return None  # inside a call already
+    return CALL_OPEN + "\n" + stripped
+
+
+_BARE_CALL = '{"name": "'
+
 _CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE) + r"|" + re.escape(CALL_OPEN) + r"(.*)", re.S)
 
 

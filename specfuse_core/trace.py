@@ -44,9 +44,13 @@ class MemberExit:
 
 @dataclass(frozen=True)
 class Timings:
+    """Seconds spent in a round: drafting, verifying, in all; ``grammar_s`` is the part of the round
+    spent on the grammar (masks in every member's drafts, checks of the candidates)."""
+
     draft_s: float
     verify_s: float
     round_s: float
+    grammar_s: float = 0.0
 
 
 @dataclass(frozen=True)

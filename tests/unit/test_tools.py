@@ -11,6 +11,7 @@ from specfuse_core.messages import validate_messages
 from specfuse_core.prompting import NO_NATIVE_SUPPORT, ToolSupport, member_prompt, probe_tool_support
 from specfuse_core.tools import (
     ToolCallStreamParser,
+    add_missing_call_tag,
     parse_tool_calls,
     render_tool_call,
     tool_request,
@@ -206,3 +207,14 @@ def test_fallback_rendering_shows_tools_calls_and_results() -> None:
     assert "<|im_start|>tool" not in prompt
     plain = [{"role": "user", "content": "hi"}]
     assert member_prompt(plain, tool_request(), NO_NATIVE_SUPPORT, _jinja(CHATML)) == _jinja(CHATML)(plain, None)
+
+
+def test_a_bare_call_object_gets_its_tag_only_outside_calls() -> None:
+    bare = '{"name": "get_weather", "arguments": {"ci'
+    assert add_missing_call_tag("", bare) == "<tool_call>\n" + bare
+    assert add_missing_call_tag("Checking.\n", " " + bare) == "<tool_call>\n" + bare
+    assert add_missing_call_tag("Checking. ", bare) is None  # mid-line: plain text
+    assert add_missing_call_tag("<tool_call>\n", bare) is None  # already inside a call
+    done = render_tool_call("get_time", {}) + "\n"
+    assert add_missing_call_tag(done, bare) == "<tool_call>\n" + bare
+    assert add_missing_call_tag("", '{"city": "Paris"}') is None
