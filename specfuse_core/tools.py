@@ -157,17 +157,14 @@ def parse_tool_calls(
 ) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
     """Split a finished answer into ``(content, calls, invalid_calls)``.
 
-    ``content`` is the text outside ``<tool_call>`` blocks, stripped at its ends. A block that is not
+    ``content`` is the text outside ``<tool_call>`` blocks without the whitespace at its ends and
+    around calls (exactly what :class:`ToolCallStreamParser` streams). A block that is not
     closed or not valid JSON becomes an :class:`InvalidToolCall` with the raw text. ``ids`` gives the
     ids of the calls in order (as handed out while streaming); missing ones are generated.
     """
     calls: list[ToolCall] = []
     invalid: list[InvalidToolCall] = []
-    content_parts: list[str] = []
-    position = 0
     for index, match in enumerate(_CALL_RE.finditer(text)):
-        content_parts.append(text[position : match.start()])
-        position = match.end()
         call_id = ids[index] if index < len(ids) else new_call_id()
         closed = match.group(1) is not None
         body = (match.group(1) if closed else match.group(2)).strip()
@@ -176,15 +173,18 @@ def parse_tool_calls(
             invalid.append(InvalidToolCall(call_id, _name_hint(body), body, decoded))
         else:
             calls.append(ToolCall(call_id, decoded[0], decoded[1]))
-    content_parts.append(text[position:])
-    return "".join(content_parts).strip(), calls, invalid
+    parser = ToolCallStreamParser()
+    content = parser.feed(text)[0] + parser.finish()[0]
+    return content, calls, invalid
 
 
 @dataclass
 class ToolCallStreamParser:
     """Reads accepted segments one at a time and emits content deltas and :class:`ToolCallDelta`s.
 
-    Content is held back while it could be the start of ``<tool_call>``; inside a call the name is
+    Content is held back while it could be the start of ``<tool_call>``, and so is trailing
+    whitespace (dropped before a call and at the end, like the answer's leading whitespace and the
+    whitespace after a call); inside a call the name is
     sent once it is complete, then the raw arguments text, holding back what could be the closing
     ``}\\n</tool_call>``. :meth:`finish` flushes what is left. Ids handed out are in :attr:`ids`.
     """
@@ -195,6 +195,7 @@ class ToolCallStreamParser:
     _name_sent: bool = False
     _args_sent: int = 0
     _seen_content: bool = False
+    _held_space: str = ""
 
     def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
         self._buffer += text
@@ -211,10 +212,10 @@ class ToolCallStreamParser:
                 start = self._buffer.find(CALL_OPEN)
                 if start == -1:
                     keep = 0 if final else _partial_suffix(self._buffer, CALL_OPEN)
-                    content.append(self._buffer[: len(self._buffer) - keep])
+                    content.append(self._content(self._buffer[: len(self._buffer) - keep], boundary=final))
                     self._buffer = self._buffer[len(self._buffer) - keep :]
                     break
-                content.append(self._buffer[:start])
+                content.append(self._content(self._buffer[:start], boundary=True))
                 self._buffer = self._buffer[start + len(CALL_OPEN) :]
                 self._in_call, self._name_sent, self._args_sent = True, False, 0
                 self.ids.append(new_call_id())
@@ -225,12 +226,18 @@ class ToolCallStreamParser:
             if end == -1:
                 break
             self._buffer = self._buffer[end + len(CALL_CLOSE) :]
-            self._in_call = False
-        text = "".join(content)
-        if not self._seen_content:  # the answer's leading whitespace is not content
-            text = text.lstrip()
-            self._seen_content = bool(text)
-        return text, deltas
+            self._in_call, self._seen_content = False, False
+        return "".join(content), deltas
+
+    def _content(self, raw: str, *, boundary: bool) -> str:
+        """Content to emit now; ``boundary``: a call or the end of the answer follows ``raw``."""
+        if not self._seen_content:
+            raw = raw.lstrip()  # leading whitespace of the answer, or after a call
+        raw = self._held_space + raw
+        text = raw.rstrip()
+        self._held_space = "" if boundary else raw[len(text) :]
+        self._seen_content = self._seen_content or bool(text)
+        return text
 
     def _call_deltas(self, body: str, *, closed: bool) -> list[ToolCallDelta]:
         index = len(self.ids) - 1

@@ -218,3 +218,21 @@ def test_a_bare_call_object_gets_its_tag_only_outside_calls() -> None:
     done = render_tool_call("get_time", {}) + "\n"
     assert add_missing_call_tag(done, bare) == "<tool_call>\n" + bare
     assert add_missing_call_tag("", '{"city": "Paris"}') is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Sure.\n" + render_tool_call("get_time", {}),
+        "  Hi there.  \n\n",
+        render_tool_call("a", {"x": 1}) + "\n" + render_tool_call("b", {}) + "\nDone.\n",
+        "One\n\ntwo <tool" + "_call is not a tag",
+        "x" + render_tool_call("a", {}) + " y " + render_tool_call("b", {}) + "  ",
+    ],
+)
+def test_streamed_content_equals_parsed_content_for_every_split(answer: str) -> None:
+    expected = parse_tool_calls(answer)[0]
+    for size in range(1, 12):
+        parser = ToolCallStreamParser()
+        streamed = "".join(parser.feed(answer[i : i + size])[0] for i in range(0, len(answer), size))
+        assert streamed + parser.finish()[0] == expected, (size, answer)
