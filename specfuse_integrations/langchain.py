@@ -347,6 +347,9 @@ class SpecFuseChatModel(BaseChatModel):
     seed: int | None = None
     api_key: SecretStr | None = None
     """Unused by local members; accepted so code that always passes a key keeps working."""
+    parallel_tool_calls: bool | None = None
+    """Default of ``bind_tools(parallel_tool_calls=...)``: ``False`` allows at most one tool call per
+    answer (small members tend to repeat a call); ``None`` leaves it to the ensemble (several allowed)."""
 
     # Fusion options (see FusionConfig); ``None`` keeps the ensemble's own value.
     segment_tokens: int | None = None
@@ -585,6 +588,8 @@ class SpecFuseChatModel(BaseChatModel):
             overrides[_FUSION_FIELDS[name]] = value
         if stop:
             overrides["stop"] = tuple([stop] if isinstance(stop, str) else stop)
+        if self.parallel_tool_calls is not None and overrides.get("tools"):
+            overrides.setdefault("parallel_tool_calls", self.parallel_tool_calls)
         return overrides
 
     def _prepare(
