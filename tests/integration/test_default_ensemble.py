@@ -41,3 +41,56 @@ def test_cache_and_no_cache_agree_on_a_longer_answer(ensemble):
         assert x.winners == y.winners
         for row_x, row_y in zip(x.scores, y.scores):
             assert row_x == pytest.approx(row_y, abs=1e-4)
+
+
+CALCULATOR = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression exactly, e.g. '12*7+3'.",
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string", "description": "the arithmetic expression"}},
+            "required": ["expression"],
+        },
+    },
+}
+POPULATION = {
+    "type": "function",
+    "function": {
+        "name": "population",
+        "description": "Population of a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_required_tool_call_is_valid_and_right(ensemble):
+    """Qwen renders the tools with its own template, SmolLM2 gets the fallback; both draft under masks."""
+    question = [{"role": "user", "content": "What is 1234 * 5678? Use the calculator tool."}]
+    result = ensemble.generate(question, tools=[CALCULATOR, POPULATION], tool_choice="required",
+                               parallel_tool_calls=False, max_tokens=64)  # fmt: skip
+    assert result.finish_reason == "tool_calls", result.text
+    (call,) = result.tool_calls
+    assert call.name == "calculator"
+    expression = call.arguments["expression"]
+    assert set(expression) <= set("0123456789+-*/(). "), expression
+    assert eval(expression) == 1234 * 5678  # noqa: S307 - digits and operators only, checked above
+    assert result.trace[0].forced.startswith("<tool_call>\n{")
+
+
+def test_json_schema_extraction(ensemble):
+    import json
+
+    person = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    result = ensemble.generate(
+        [{"role": "user", "content": "Extract the person: Alice is 31 years old."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": person}},
+        max_tokens=40,
+    )
+    assert result.finish_reason == "stop"
+    assert json.loads(result.text) == {"name": "Alice", "age": 31}
