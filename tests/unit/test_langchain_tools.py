@@ -296,6 +296,16 @@ def test_parallel_calls_stream_by_index():
     assert len({c["id"] for c in full.tool_calls}) == 2
 
 
+def test_parallel_tool_calls_default_on_the_model_and_per_binding():
+    model = model_writing(ANSWER, parallel_tool_calls=False)
+    model.bind_tools([add]).invoke("what is 2 + 3?")
+    assert model.get_ensemble().members[0].sessions[-1].tools.parallel is False
+    model.bind_tools([add], parallel_tool_calls=True).invoke("what is 2 + 3?")
+    assert model.get_ensemble().members[0].sessions[-1].tools.parallel is True
+    model.invoke("hi")  # no tools: nothing to restrict
+    assert not model.get_ensemble().members[0].sessions[-1].tools.tools
+
+
 def test_budget_cut_inside_a_call_is_an_invalid_call_with_finish_length():
     model = model_writing(ANSWER, max_tokens=10).bind_tools([add])  # cut after {"a": 2,
     message = model.invoke("what is 2 + 3?")
