@@ -1,29 +1,50 @@
 # Two commands do all the set-up (see README.md):
 #   make ask Q="Why is the sky blue?"   # the default ensemble answers, streaming
 #   make test                           # the whole test suite
+# Each has its own set-up, so that `make ask` installs only what the ensemble needs (no compiler
+# run) and `make test` adds what the tests need on top (llama-cpp-python, built from source, and
+# Chromium from apt). `make test` after `make ask` installs only the rest.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 Q ?= Why is the sky blue?
 PYTEST_ARGS ?=
+ASK_STAMP := $(VENV)/.installed-ask
+TEST_STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup ask test
+.PHONY: setup setup-ask ask test
 
-setup: $(VENV)/.installed
+setup: $(TEST_STAMP)
+setup-ask: $(ASK_STAMP)
 
 # llama-cpp-python (a dev extra) builds from source: a portable build, cached by pip afterwards.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-# torch==2.13.0 first: that exact CPU wheel is on our machines' disk (no multi-GB CUDA download).
-$(VENV)/.installed: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
+
+# The main job: torch==2.13.0 first (that exact CPU wheel is on our machines' disk: no multi-GB CUDA
+# download), then the engine with constrained decoding. Nothing here compiles.
+$(ASK_STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install -qq torch==2.13.0
-	$(PIP) install -qq -e ".[dev]"
+	$(PIP) install -qq -e ".[tools]"
 	touch $@
 
-ask: setup
+# The tests: every extra, the test tools, real clients, llama-cpp-python (about 5 minutes to build
+# the first time), and headless Chromium with its driver from Debian's packages for the page test.
+$(TEST_STAMP): pyproject.toml $(ASK_STAMP)
+	$(PIP) install -qq -e ".[dev]"
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "installing chromium and chromium-driver (apt-get)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+	touch $@
+
+ask: $(ASK_STAMP)
 	$(BIN)/specfuse ask "$(Q)"
 
-test: setup
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
