@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import inspect
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -147,8 +147,11 @@ def _engine_error(error: Any) -> APIError:
 
 
 def _param_of(error: SpecFuseValueError) -> str | None:
+    """The request field an engine error is about: the field its message starts with, else messages."""
+    word = re.split(r"[^A-Za-z_]", str(error), maxsplit=1)[0]
+    if word in protocol.TOOL_FIELDS:
+        return word
     if isinstance(error, ConfigError):
-        word = str(error).split(" ", 1)[0]
         return word if word.isidentifier() else None
     return "messages"
 
@@ -181,10 +184,6 @@ class _State:
     def _open_sessions(self) -> float:
         value = getattr(self.ensemble, "open_sessions", None)
         return float(value) if isinstance(value, int) else float("nan")
-
-    @property
-    def tools_supported(self) -> bool:
-        return self.ensemble is not None and "tools" in inspect.signature(self.ensemble.astream).parameters
 
     def authorize(self, request: Request) -> None:
         if self._key is None:
@@ -300,7 +299,7 @@ def create_app(
         state.authorize(request)
         body = protocol.parse_body(await _read_body(request, state.max_body_bytes))
         ensemble = state.ready()
-        req = protocol.to_engine_request(body, tools_supported=state.tools_supported)
+        req = protocol.to_engine_request(body)
         if req.model not in state.model_ids(ensemble):
             raise APIError(404, f"the model {req.model!r} does not exist; this server serves {state.model_name!r}",
                            param="model", code="model_not_found")  # fmt: skip

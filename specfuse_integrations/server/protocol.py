@@ -27,6 +27,7 @@ REQUEST_FUSION_OPTIONS = frozenset({
 })  # fmt: skip
 
 MAX_STOP_STRINGS = 4  # OpenAI's own limit
+TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 class APIError(Exception):
@@ -134,7 +135,7 @@ def _short(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def to_engine_request(body: dict[str, Any], *, tools_supported: bool) -> EngineRequest:
+def to_engine_request(body: dict[str, Any]) -> EngineRequest:
     """Validate an OpenAI chat request and translate it into the engine's terms."""
     try:
         request = ChatCompletionRequest.model_validate(body)
@@ -151,7 +152,7 @@ def to_engine_request(body: dict[str, Any], *, tools_supported: bool) -> EngineR
             raise APIError(400, f"{name} is not supported by specfuse", param=name)
     if request.logit_bias:
         raise APIError(400, "logit_bias is not supported by specfuse", param="logit_bias")
-    tools = _tool_fields(request, supported=tools_supported)
+    tools = _tool_fields(request)
     if request.max_tokens is not None and request.max_completion_tokens is not None:
         if request.max_tokens != request.max_completion_tokens:
             raise APIError(400, "max_tokens and max_completion_tokens disagree; send one", param="max_tokens")
@@ -182,24 +183,18 @@ def to_engine_request(body: dict[str, Any], *, tools_supported: bool) -> EngineR
     )
 
 
-def _tool_fields(request: ChatCompletionRequest, *, supported: bool) -> dict[str, Any]:
-    given = {
-        name: getattr(request, name)
-        for name in ("tools", "tool_choice", "parallel_tool_calls", "response_format")
-        if getattr(request, name) is not None
-    }
-    if request.tools == [] and "tools" in given:
+def _tool_fields(request: ChatCompletionRequest) -> dict[str, Any]:
+    """``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` for the engine, as sent
+    (the core validates them); values that mean "no tools" are dropped."""
+    given = {name: getattr(request, name) for name in TOOL_FIELDS if getattr(request, name) is not None}
+    if not given.get("tools", True):
         del given["tools"]
-    if given.get("tool_choice") == "none" and "tools" not in given:
-        del given["tool_choice"]
+    if "tools" not in given:
+        given.pop("parallel_tool_calls", None)
+        if given.get("tool_choice") == "none":
+            del given["tool_choice"]
     if given.get("response_format") == {"type": "text"}:
         del given["response_format"]
-    if "parallel_tool_calls" in given and "tools" not in given:
-        del given["parallel_tool_calls"]
-    if given and not supported:
-        name = next(iter(given))
-        raise APIError(400, f"{name} is not supported by this specfuse server yet (tools and structured output "
-                            "arrive with a later release)", param=name, code="unsupported_parameter")  # fmt: skip
     return given
 
 
@@ -229,21 +224,12 @@ def usage(result: FusionResult) -> dict[str, int]:
             "total_tokens": prompt + result.output_tokens}  # fmt: skip
 
 
-def _content(result: FusionResult) -> str:
-    return getattr(result, "content", result.text)
-
-
-def _tool_calls(result: FusionResult) -> list[dict[str, Any]]:
-    return [call.to_openai() for call in getattr(result, "tool_calls", None) or ()]
-
-
 def completion(completion_id: str, created: int, model: str, result: FusionResult) -> dict[str, Any]:
     """A ``chat.completion`` object; ``specfuse`` is :meth:`FusionResult.summary`, as in the adapters."""
-    message: dict[str, Any] = {"role": "assistant", "content": _content(result)}
-    calls = _tool_calls(result)
-    if calls:
-        message["tool_calls"] = calls
-        message["content"] = message["content"] or None
+    message: dict[str, Any] = {"role": "assistant", "content": result.content}
+    if result.tool_calls:
+        message["tool_calls"] = [call.to_openai() for call in result.tool_calls]
+        message["content"] = result.content or None
     choice = {"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}
     return _envelope(completion_id, created, model, "chat.completion", [choice],
                      usage=usage(result), specfuse=finite(result.summary()))  # fmt: skip
@@ -269,10 +255,9 @@ def chunk(
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk`` for one accepted segment."""
     delta: dict[str, Any] = {"role": "assistant"} if first else {}
-    content = getattr(event, "content", event.text)
-    calls = [d.to_openai() for d in getattr(event, "tool_calls", None) or ()]
-    if content or not calls:
-        delta["content"] = content
+    calls = [d.to_openai() for d in event.tool_calls]
+    if event.content or not calls:
+        delta["content"] = event.content
     if calls:
         delta["tool_calls"] = calls
     info = segment(event)

@@ -3,7 +3,6 @@ one SSE chunk per segment, the summary the adapters report, errors, auth, metric
 
 from __future__ import annotations
 
-import inspect
 import json
 import threading
 import time
@@ -24,7 +23,9 @@ from server_harness import (
 from server_harness import server, tiny_specs  # noqa: F401 - fixtures
 from specfuse_core import Ensemble, FusionConfig
 
-TOOLS_LANDED = "tools" in inspect.signature(Ensemble.astream).parameters
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Berlin"]}}, "required": ["city"],
+    "additionalProperties": False}}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def _too_deep() -> bytes:
     return b"[" * 100_000 + b"]" * 100_000
 
 
-BAD_REQUESTS = [
+BAD_REQUESTS: list[tuple] = [
     # name, raw body, status, param, code
     ("bad JSON", b'{"model": "specfuse", "messages": [', 400, None, "invalid_json"),
     ("invalid UTF-8", b'{"model": "specfuse", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, None,
@@ -158,13 +159,13 @@ BAD_REQUESTS = [
     ("unknown model", json.dumps(chat_body() | {"model": "gpt-4o"}).encode(), 404, "model", "model_not_found"),
     ("10 MB body", json.dumps(chat_body("x" * 10_000_000)).encode(), 413, None, "request_too_large"),
 ]
-if not TOOLS_LANDED:
-    BAD_REQUESTS += [
-        ("tools before they land", json.dumps(chat_body(tools=[{"type": "function", "function": {"name": "f"}}])).encode(),
-         400, "tools", "unsupported_parameter"),
-        ("response_format before it lands", json.dumps(chat_body(response_format={"type": "json_object"})).encode(),
-         400, "response_format", "unsupported_parameter"),
-    ]
+BAD_REQUESTS += [
+    ("a retrieval tool", json.dumps(chat_body(tools=[{"type": "retrieval"}])).encode(), 400, "tools", None),
+    ("tool_choice names no tool", json.dumps(chat_body(tools=[WEATHER], tool_choice={"type": "function",
+     "function": {"name": "nope"}})).encode(), 400, "tool_choice", None),
+    ("response_format xml", json.dumps(chat_body(response_format={"type": "xml"})).encode(), 400, "response_format",
+     None),
+]
 
 
 @pytest.mark.parametrize("name, raw, status, param, code", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
@@ -231,6 +232,37 @@ def test_metrics_cover_requests_rounds_tokens_calls_and_latency(server, client):
     assert samples['specfuse_http_requests_total{route="/v1/chat/completions",status="200"}'] >= 1
     assert samples["specfuse_ready"] == 1
     assert "specfuse_member_exits_total" in client.get(server.url + "/metrics").text
+
+
+def test_tools_and_response_format_are_passed_through(server, client):
+    body = chat_body("What is the weather in Paris?", tools=[WEATHER], tool_choice="required", max_tokens=80)
+    whole = post(client, server, body).json()
+    (choice,) = whole["choices"]
+    assert choice["finish_reason"] == "tool_calls", whole
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"])["city"] in ("Paris", "Berlin")
+    assert not choice["message"]["content"]
+
+    payloads = stream_chat(client, server.url, body, server.headers)
+    chunks = segment_chunks(payloads)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    calls: dict[int, dict] = {}
+    for chunk in chunks:
+        for delta in chunk["choices"][0]["delta"].get("tool_calls") or []:
+            entry = calls.setdefault(delta["index"], {"name": "", "arguments": ""})
+            entry["name"] += (delta.get("function") or {}).get("name") or ""
+            entry["arguments"] += (delta.get("function") or {}).get("arguments") or ""
+    assert list(calls) == [0] and calls[0]["name"] == "get_weather"
+    assert json.loads(calls[0]["arguments"]) == json.loads(call["function"]["arguments"])
+    assert "<tool_call>" not in streamed_text(payloads)
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}  # fmt: skip
+    formatted = post(client, server, chat_body(max_tokens=40, response_format={
+        "type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})).json()  # fmt: skip
+    assert isinstance(json.loads(formatted["choices"][0]["message"]["content"])["ok"], bool), formatted
 
 
 def test_503_while_loading_then_ready(tiny_specs):

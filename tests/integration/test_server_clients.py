@@ -128,3 +128,32 @@ def test_llama_index_openai_like_query_engine(server, reference):
 
 def _prompt_tokens(server) -> float:
     return server.metrics()["specfuse_prompt_tokens_total"]
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Berlin"]}}, "required": ["city"],
+    "additionalProperties": False}}}  # fmt: skip
+
+
+def test_tool_calls_and_structured_output_through_openai_and_langchain(server):
+    import json
+
+    from pydantic import BaseModel
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=TEST_KEY, max_retries=0)
+    completion = client.chat.completions.create(model="specfuse", messages=QUESTION, tools=[WEATHER],
+                                                tool_choice="required", max_tokens=80)  # fmt: skip
+    (call,) = completion.choices[0].message.tool_calls
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] in ("Paris", "Berlin")
+
+    llm = ChatOpenAI(base_url=server.url + "/v1", api_key=TEST_KEY, model="specfuse", max_retries=0, max_tokens=80)
+    message = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke("What is the weather in Paris?")
+    assert [c["name"] for c in message.tool_calls] == ["get_weather"]
+    assert message.tool_calls[0]["args"]["city"] in ("Paris", "Berlin")
+
+    class Verdict(BaseModel):
+        ok: bool
+
+    verdict = llm.with_structured_output(Verdict, method="json_schema").invoke("Is Paris in France?")
+    assert isinstance(verdict, Verdict)
