@@ -23,6 +23,9 @@ from typing import Any
 
 ALPHA = 0.05
 RESAMPLES = 10_000
+MIN_BOOTSTRAP_PROMPTS = 10
+"""Below this many prompts a bootstrap interval is too coarse to call anything significant (with one
+prompt it collapses to a point); the instruction-level verdict then says so instead."""
 
 
 def mcnemar_exact_p(wins: int, losses: int) -> float:
@@ -127,7 +130,7 @@ class PairedComparison:
     @property
     def instruction_significant(self) -> bool:
         low, high = self.instruction_ci
-        return low > 0 or high < 0
+        return self.n >= MIN_BOOTSTRAP_PROMPTS and (low > 0 or high < 0)
 
     def sentence(self) -> str:
         """The comparison in words, saying whether each difference is significant at the 5% level."""
@@ -138,12 +141,15 @@ class PairedComparison:
             return "significant gain" if difference > 0 else "significant loss"
 
         low, high = self.instruction_ci
+        instruction_verdict = verdict(self.instruction_significant, self.instruction_difference)
+        if self.n < MIN_BOOTSTRAP_PROMPTS:
+            instruction_verdict = f"too few prompts to tell: N < {MIN_BOOTSTRAP_PROMPTS}"
         return (
             f"{self.config} vs {self.reference} on N = {self.n} prompts: {self.wins} wins, {self.losses} losses "
             f"(prompt level {100 * self.prompt_difference:+.1f} points, McNemar exact p = {self.mcnemar_p:.3g}: "
             f"{verdict(self.prompt_significant, self.prompt_difference)}); instruction level "
             f"{100 * self.instruction_difference:+.1f} points, 95% CI [{100 * low:+.1f}, {100 * high:+.1f}] "
-            f"({verdict(self.instruction_significant, self.instruction_difference)})."
+            f"({instruction_verdict})."
         )
 
     def to_dict(self) -> dict[str, Any]:

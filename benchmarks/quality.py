@@ -297,8 +297,8 @@ def summarize(
     from . import paired
 
     prompt_ci = paired.wilson_interval(sum(bool(s["binary_loose"]) for s in scores), n)
-    instruction_ci = paired.instruction_accuracy_interval([sum(s["loose"]) for s in scores],
-                                                          [len(s["loose"]) for s in scores], resamples=2000)  # fmt: skip
+    followed, given = [sum(s["loose"]) for s in scores], [len(s["loose"]) for s in scores]
+    instruction_ci = paired.instruction_accuracy_interval(followed, given, resamples=2000)
     return {
         "config": config,
         "n": n,
@@ -551,7 +551,8 @@ def length_bias_markdown(diag: dict[str, dict[str, Any]]) -> str:
         lines += ["", "## Exit on a significant lead, replayed on these answers (estimate)", "",
                   "Where `exit_rule=lead` would have fired (lead ≥ z·sqrt(t) after t ≥ 3 verified rounds) and the "
                   "member calls it would have saved, counting one call per round after the exit.", "",
-                  "| configuration | z | answers | fired | median round | calls ratio |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| configuration | z | answers | fired | median round | calls ratio |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
         for config, rows in estimates.items():
             for e in rows:
                 fired = "–" if e["fired"] is None else f"{_pct(e['fired'])}%"
@@ -763,7 +764,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data", default=DEFAULT_DATA, help=f"IFEval JSONL (default {DEFAULT_DATA}, from the repo root)")
     p.add_argument("--configs", action="append", metavar="LIST", help=(
         "comma-separated, repeatable: 'members' (each member alone), a member's name, 'all' (default: members, "
-        "specfuse, specfuse+exit, specfuse+weights, specfuse+exit+weights) or any of " + ", ".join(FUSION_CONFIGS)))  # fmt: skip
+        "specfuse, specfuse+exit, specfuse+weights, specfuse+exit+weights) or any of "
+        + ", ".join(FUSION_CONFIGS)))  # fmt: skip
     p.add_argument("--member", action="append", metavar="SPEC",
                    help="member spec, repeatable (default: the default ensemble)")  # fmt: skip
     p.add_argument("--max-tokens", type=int, default=256,
@@ -918,7 +920,8 @@ def paired_markdown(results: Sequence[Any]) -> str:
              f"Reference: **{results[0].reference}**, the best member alone. Wins / losses: prompts only the "
              "configuration / only the member follows. p: McNemar's exact two-sided test on those. Instruction Δ: "
              "difference of instruction-level accuracy, with a 95% paired bootstrap interval over prompts "
-             "(10,000 resamples). Significant means p < 0.05, or an interval that excludes 0.", "",
+             "(10,000 resamples). Significant means p < 0.05, or an interval that excludes 0 with at least 10 "
+             "prompts.", "",
              "| configuration | N | wins | losses | both | neither | McNemar p | prompt Δ | instruction Δ [95% CI] |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in results:

@@ -79,10 +79,15 @@ def test_compare_counts_and_words():
     assert not result.prompt_significant
     sentence = result.sentence()
     assert "2 wins, 1 losses" in sentence and "p = 1" in sentence and "not significant" in sentence
-    sweep = paired.compare("x", "m", [True] * 6, [False] * 6, [1] * 6, [0] * 6, [1] * 6, resamples=200)
-    assert sweep.mcnemar_p == pytest.approx(2 / 64) and sweep.prompt_significant
+    sweep = paired.compare("x", "m", [True] * 10, [False] * 10, [1] * 10, [0] * 10, [1] * 10, resamples=200)
+    assert sweep.mcnemar_p == pytest.approx(2 / 1024) and sweep.prompt_significant
     assert sweep.instruction_ci == (1.0, 1.0) and sweep.instruction_significant
-    assert "significant gain" in sweep.sentence()
+    assert "significant gain" in sweep.sentence() and "too few" not in sweep.sentence()
+    # Six prompts: McNemar is exact at any N (2/64 < 0.05), but six prompts are too few for the bootstrap.
+    small = paired.compare("x", "m", [True] * 6, [False] * 6, [1] * 6, [0] * 6, [1] * 6, resamples=200)
+    assert small.mcnemar_p == pytest.approx(2 / 64) and small.prompt_significant
+    assert small.instruction_ci == (1.0, 1.0) and not small.instruction_significant
+    assert "too few prompts to tell: N < 10" in small.sentence()
     with pytest.raises(ValueError):
         paired.compare("x", "m", [True], [True, False], [1], [1], [1])
 

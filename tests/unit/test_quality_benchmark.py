@@ -188,7 +188,8 @@ def test_score_only_cli_writes_outputs_from_the_cache(tmp_path: Path, capsys: py
     specs = ["a", "b"]
     run_dir = tmp_path / "results" / quality.run_id(specs, 16, 10)
     # A member alone is cached under its own run id, shared by every ensemble it belongs to.
-    cache = quality.ResponseCache(tmp_path / "results", quality.cache_dirnames(["a", "b", "specfuse"], specs, {}, 16, 10))
+    dirnames = quality.cache_dirnames(["a", "b", "specfuse"], specs, {}, 16, 10)
+    cache = quality.ResponseCache(tmp_path / "results", dirnames)
     assert cache.path("a", 1).parent == tmp_path / "results" / quality.run_id(["a"], 16, 10) / "a"
     assert cache.path("specfuse", 1).parent.parent == run_dir
     answers = {"a": ("cats are soft. they sleep all day.", "#1 #2 #3 #4"), "b": ("Cats, nap.", "#1"),
