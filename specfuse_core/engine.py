@@ -471,7 +471,7 @@ class _Request:
             if self.tools.calls_tools and self.tools.response_schema is None:
                 tagged = add_missing_call_tag(self.text + self._forced, text)
                 if tagged is not None:
-                    self._round_notes.append(f"{name}: a call without its <tool_call> tag; the tag was added")
+                    self._round_notes.append(f"{name}: a call written another way (no tag, or a code fence); made canonical")
                     text = tagged
             if self.grammar is not None:
                 text, ended = self._grammatical(name, text, ended)

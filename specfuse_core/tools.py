@@ -109,20 +109,27 @@ def render_tool_calls(calls: Sequence[Mapping[str, Any]]) -> str:
 
 
 def add_missing_call_tag(accepted: str, draft: str) -> str | None:
-    """``draft`` with ``<tool_call>`` added when it starts a call without it, else ``None``.
+    """``draft`` in the canonical syntax when it writes a call another way, else ``None``.
 
     Small models trained on this format (Qwen2.5-Coder-0.5B among them) often open a call with the
-    bare ``{"name": "...`` object. At the start of the answer or of a line, outside any call, such a
-    draft is read as the call it means, so the shared text stays canonical.
+    bare ``{"name": "...`` object, or with that object in a Markdown code fence. At the start of the
+    answer or of a line, outside any call, such a draft is read as the call it means (the fence
+    becomes the tag, and a fence that closes right after a call is dropped), so the shared text
+    stays canonical.
     """
-    stripped = draft.lstrip()
-    if not stripped.startswith(_BARE_CALL) or (accepted.strip() and not accepted.endswith("\n")):
+    inside = accepted.rfind(CALL_OPEN) > accepted.rfind(CALL_CLOSE)
+    if inside or (accepted.strip() and not accepted.endswith(("\n", CALL_CLOSE))):
         return None
-    if accepted.rfind(CALL_OPEN) > accepted.rfind(CALL_CLOSE):
-        return None  # inside a call already
-    return CALL_OPEN + "\n" + stripped
+    if accepted.endswith(CALL_CLOSE):
+        closing = _CLOSING_FENCE.match(draft)
+        return draft[closing.end() :] if closing else None
+    opening = _OPENING_FENCE.match(draft)
+    body = draft[opening.end() :] if opening else draft.lstrip()
+    return CALL_OPEN + "\n" + body if body.startswith(_BARE_CALL) else None
 
 
+_OPENING_FENCE = re.compile(r"\s*```[a-z]*[ \t]*\n")
+_CLOSING_FENCE = re.compile(r"\s*```[ \t]*(\n|$)")
 _BARE_CALL = '{"name": "'
 
 _CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE) + r"|" + re.escape(CALL_OPEN) + r"(.*)", re.S)

@@ -236,3 +236,12 @@ def test_streamed_content_equals_parsed_content_for_every_split(answer: str) -> 
         parser = ToolCallStreamParser()
         streamed = "".join(parser.feed(answer[i : i + size])[0] for i in range(0, len(answer), size))
         assert streamed + parser.finish()[0] == expected, (size, answer)
+
+
+def test_a_call_in_a_code_fence_becomes_canonical() -> None:
+    fenced = '```json\n{"name": "get_time", "arguments": {}}'
+    assert add_missing_call_tag("", fenced) == '<tool_call>\n{"name": "get_time", "arguments": {}}'
+    done = render_tool_call("get_time", {})
+    assert add_missing_call_tag(done, "\n```\nDone.") == "Done."
+    assert add_missing_call_tag(done, "\nDone.") is None
+    assert add_missing_call_tag("", "```python\nprint(1)") is None
