@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer a question with the ensemble, streaming each accepted segment")
     ask.add_argument("question", help="the question; '-' reads it from standard input")
     ask.add_argument("--system", help="system message")
-    ask.add_argument("--tools", metavar="FILE.json", help=(
-        "JSON file with a list of OpenAI function tools: the answer may call them (needs the tools extra)"))  # fmt: skip
+    ask.add_argument("--tools", metavar="FILE.json",
+                     help="JSON file with a list of OpenAI function tools: the answer may call them")  # fmt: skip
     ask.add_argument("--tool-choice", metavar="CHOICE",
                      help="with --tools: auto (default), required, none, or a tool's name")  # fmt: skip
     ask.add_argument("--json-schema", metavar="FILE.json", help="JSON schema file: the answer is one JSON value of it")

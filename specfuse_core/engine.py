@@ -471,7 +471,8 @@ class _Request:
             if self.tools.calls_tools and self.tools.response_schema is None:
                 tagged = add_missing_call_tag(self.text + self._forced, text)
                 if tagged is not None:
-                    self._round_notes.append(f"{name}: a call written another way (no tag, or a code fence); made canonical")
+                    note = "a call written another way (no tag, or a code fence); made canonical"
+                    self._round_notes.append(f"{name}: {note}")
                     text = tagged
             if self.grammar is not None:
                 text, ended = self._grammatical(name, text, ended)
@@ -485,7 +486,8 @@ class _Request:
         accepted = self.text + self._forced
         valid = self.grammar.valid_prefix_length(accepted, text)
         if valid < len(text):
-            self._round_notes.append(f"{name}: draft cut to its longest valid prefix ({valid} of {len(text)} characters)")
+            cut = f"draft cut to its longest valid prefix ({valid} of {len(text)} characters)"
+            self._round_notes.append(f"{name}: {cut}")
             text, ended = text[:valid], False
         if ended and not self.grammar.is_complete(accepted, text):
             self._round_notes.append(f"{name}: draft ended where the grammar is incomplete; kept as a continuation")
@@ -631,7 +633,10 @@ class _Request:
         text = before + self._forced + proposal.text
         finish: FinishReason | None = "stop" if proposal.ends else None
         stop_at = find_stop(text, self.config.stop, len(before))
-        if stop_at is not None and (self.grammar is None or self.grammar.is_complete(before, text[len(before) : stop_at])):
+        stop_is_allowed = stop_at is not None and (
+            self.grammar is None or self.grammar.is_complete(before, text[len(before) : stop_at])
+        )
+        if stop_is_allowed:
             text, finish = text[:stop_at], "stop"
         if finish is None and self._output_tokens(text) >= self.config.max_tokens:
             text, finish = self._counter().truncate_to_tokens(text, self.config.max_tokens), "length"

@@ -169,7 +169,8 @@ class HFMember:
         """This member's vocabulary for grammar.py (compiled once, cached by grammar.py)."""
         from .grammar import TokenVocabulary
 
-        return TokenVocabulary.of(self.tokenizer, int(self.model.config.get_text_config().vocab_size), self.stop_token_ids)
+        vocab_size = int(self.model.config.get_text_config().vocab_size)
+        return TokenVocabulary.of(self.tokenizer, vocab_size, self.stop_token_ids)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []

@@ -132,7 +132,9 @@ _OPENING_FENCE = re.compile(r"\s*```[a-z]*[ \t]*\n")
 _CLOSING_FENCE = re.compile(r"\s*```[ \t]*(\n|$)")
 _BARE_CALL = '{"name": "'
 
-_CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE) + r"|" + re.escape(CALL_OPEN) + r"(.*)", re.S)
+_CALL_RE = re.compile(
+    re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE) + r"|" + re.escape(CALL_OPEN) + r"(.*)", re.S
+)
 
 
 def _decode_call(body: str) -> tuple[str, dict[str, Any]] | str:
@@ -325,7 +327,9 @@ class ToolRequest:
     def key(self) -> str:
         """A stable key for caching compiled grammars."""
         return json.dumps(
-            [self.tools, self.choice, self.name, self.parallel, self.response_schema], sort_keys=True, ensure_ascii=False
+            [self.tools, self.choice, self.name, self.parallel, self.response_schema],
+            sort_keys=True,
+            ensure_ascii=False,
         )
 
 
@@ -344,13 +348,16 @@ def normalize_tools(tools: Sequence[Any] | None) -> tuple[dict[str, Any], ...]:
         if not isinstance(tool, Mapping):
             raise InvalidRequestError(f"tools[{index}] must be a dict, got {type(tool).__name__}")
         if tool.get("type", "function") != "function":
-            raise InvalidRequestError(f"tools[{index}]: only function tools are supported, got type {tool.get('type')!r}")
+            kind = tool.get("type")
+            raise InvalidRequestError(f"tools[{index}]: only function tools are supported, got type {kind!r}")
         function = tool.get("function", tool)
         if not isinstance(function, Mapping):
             raise InvalidRequestError(f"tools[{index}].function must be a dict")
         name = function.get("name")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", name):
-            raise InvalidRequestError(f"tools[{index}]: the name must be 1-128 letters, digits, _ . : or -, got {name!r}")
+            raise InvalidRequestError(
+                f"tools[{index}]: the name must be 1-128 letters, digits, _ . : or -, got {name!r}"
+            )
         if name in seen:
             raise InvalidRequestError(f"tools[{index}]: duplicate tool name {name!r}")
         seen.add(name)
