@@ -119,7 +119,7 @@ def test_page_streams_colored_segments_and_shows_round_details(served, browser):
     details = browser.find_element(By.ID, "details")
     assert details.find_element(By.TAG_NAME, "h2").get_attribute("textContent").startswith(f"Round {contested.get_attribute('data-round')}")
     header = [th.text for th in details.find_elements(By.CSS_SELECTOR, "table.candidates tr th")]
-    assert header[:2] == ["candidate", "drafted by"] and header[-1] == "total"
+    assert header[:2] == ["candidate", "by"] and header[-1] == "total"
     scorers = [th.get_attribute("data-scorer") for th in details.find_elements(By.CSS_SELECTOR, "th[data-scorer]")]
     assert sorted(scorers) == sorted(members) and len(header) == 3 + len(scorers)  # one column per scorer
     for row in details.find_elements(By.CSS_SELECTOR, "table.candidates tr")[1:]:

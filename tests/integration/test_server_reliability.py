@@ -165,7 +165,7 @@ def test_rss_stays_flat_over_200_sequential_requests(server):
     srv = server
     with httpx.Client(timeout=60, headers=srv.headers) as client:
         def request(i: int) -> None:
-            body = chat_body(PROMPTS[i % len(PROMPTS)] + f" #{i}", max_tokens=32, stream=i % 2 == 1)
+            body = chat_body(PROMPTS[i % len(PROMPTS)] + f" #{i}", max_tokens=12, stream=i % 2 == 1)
             response = client.post(srv.url + "/v1/chat/completions", json=body)
             assert response.status_code == 200, response.text
 
