@@ -105,7 +105,7 @@ class ServerProcess:
                 samples[name] = float(value)
         return samples
 
-    def stop(self, timeout: float = 20.0) -> int:
+    def stop(self, timeout: float = 60.0) -> int:
         if self.process.poll() is None:
             os.kill(self.pid, signal.SIGTERM)
             try:
