@@ -280,7 +280,8 @@ STREAMED = "Let me compute. " + call_text("multiply", {"a": 1234, "b": 5678})
 
 def check_partials(llm: SpecFuseLLM, chunks: list[ChatResponse]) -> None:
     assert len(chunks) >= 4
-    assert "".join(c.delta for c in chunks) == "Let me compute. "  # content only, never a piece of a tag
+    # content only, never a piece of a tag; the deltas add up to the final content
+    assert "".join(c.delta for c in chunks) == chunks[-1].message.content == "Let me compute."
     assert all("<" not in (c.message.content or "") for c in chunks)
     partials: list[ToolCallBlock] = []
     for chunk in chunks:  # what FunctionAgent does with every partial response
