@@ -169,9 +169,7 @@ def to_specfuse_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]
     converted: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         if isinstance(message, ToolMessage):
-            converted.append(
-                {"role": "tool", "content": _tool_content(message), "tool_call_id": message.tool_call_id}
-            )
+            converted.append({"role": "tool", "content": _tool_content(message), "tool_call_id": message.tool_call_id})
             continue
         if isinstance(message, FunctionMessage):
             raise InvalidRequestError(
@@ -204,9 +202,7 @@ def _tool_call_chunks(deltas: Sequence[ToolCallDelta]) -> list[ToolCallChunk]:
     for delta in deltas:
         chunk = merged.get(delta.index)
         if chunk is None:
-            merged[delta.index] = tool_call_chunk(
-                name=delta.name, args=delta.arguments, id=delta.id, index=delta.index
-            )
+            merged[delta.index] = tool_call_chunk(name=delta.name, args=delta.arguments, id=delta.id, index=delta.index)
             continue
         chunk["name"] = chunk["name"] or delta.name
         chunk["id"] = chunk["id"] or delta.id
@@ -238,7 +234,7 @@ def _schema_name(schema: Any) -> str:
 def _name_of_spec(spec: str) -> str:
     source = spec.strip().partition("::")[0].rstrip("/\\")
     name = Path(source).name or source
-    return name[: -len(".gguf")] if name.endswith(".gguf") else name
+    return name.removesuffix(".gguf")
 
 
 def _parse_model(model: str) -> list[str]:
@@ -529,15 +525,11 @@ class SpecFuseChatModel(BaseChatModel):
                 else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
             )
         elif method in ("json_schema", "json_mode"):
-            response_format = (
-                _response_format(schema, strict) if method == "json_schema" else {"type": "json_object"}
-            )
+            response_format = _response_format(schema, strict) if method == "json_schema" else {"type": "json_object"}
             llm = self.bind(response_format=response_format, ls_structured_output_format=trace)
             parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
         else:
-            raise ValueError(
-                f"unknown method {method!r}: expected 'json_schema', 'function_calling' or 'json_mode'"
-            )
+            raise ValueError(f"unknown method {method!r}: expected 'json_schema', 'function_calling' or 'json_mode'")
         if not include_raw:
             return llm | parser
         parse_or_none = RunnablePassthrough.assign(

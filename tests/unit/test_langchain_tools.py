@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,15 +28,13 @@ from langchain_core.runnables import RunnableBinding
 from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_json_schema
 from pydantic import BaseModel, Field, field_validator
+from scripted import ScriptedMember, ScriptedSession
 from typing_extensions import TypedDict
 
 from specfuse_core import Ensemble, FusionConfig, InvalidRequestError
 from specfuse_core.member import Draft
 from specfuse_core.messages import validate_messages
 from specfuse_integrations.langchain import SpecFuseChatModel, to_specfuse_messages
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripted import ScriptedMember, ScriptedSession  # noqa: E402
 
 MISSING = "/nonexistent/specfuse-test-member"  # loading this would fail with ModelLoadError
 
@@ -153,7 +149,9 @@ def test_anthropic_list_content_tool_use_and_thinking_blocks():
         ],
         tool_calls=[{"name": "color_picker", "args": {"fav_color": "purple"}, "id": "foo", "type": "tool_call"}],
     )
-    clean = validate_messages(to_specfuse_messages([HumanMessage("hi"), ai, ToolMessage("Great pick!", tool_call_id="foo")]))
+    clean = validate_messages(
+        to_specfuse_messages([HumanMessage("hi"), ai, ToolMessage("Great pick!", tool_call_id="foo")])
+    )
     assert clean[1] == {
         "role": "assistant",
         "content": "Hmm let me think about that",
@@ -199,13 +197,20 @@ def test_bind_tools_translates_to_openai_tools():
     assert [t["function"]["name"] for t in bound.kwargs["tools"]] == ["add", "Joke"]
     assert bound.kwargs["tools"][0]["type"] == "function"
     assert bound.kwargs["tools"][0]["function"]["parameters"]["required"] == ["a", "b"]
-    assert (bound.kwargs["tool_choice"], bound.kwargs["parallel_tool_calls"], bound.kwargs["strict"]) == ("add", False, True)
+    assert (bound.kwargs["tool_choice"], bound.kwargs["parallel_tool_calls"], bound.kwargs["strict"]) == (
+        "add",
+        False,
+        True,
+    )
 
 
 def test_bind_tools_response_format_from_a_schema_or_a_dict():
     model = SpecFuseChatModel(members=[MISSING])
     from_class = model.bind_tools([add], response_format=Joke).kwargs["response_format"]
-    assert from_class == {"type": "json_schema", "json_schema": {"name": "Joke", "schema": convert_to_json_schema(Joke)}}
+    assert from_class == {
+        "type": "json_schema",
+        "json_schema": {"name": "Joke", "schema": convert_to_json_schema(Joke)},
+    }
     given = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": True}}
     assert model.bind_tools([add], response_format=given).kwargs["response_format"] == given
 
@@ -290,9 +295,15 @@ def test_parallel_calls_stream_by_index():
     answer = call_text("add", {"a": 1, "b": 2}) + "\n" + call_text("lookup", {"city": "北京"})
     model = model_writing(answer).bind_tools([add, lookup])
     invoked = model.invoke("two things")
-    assert [(c["name"], c["args"]) for c in invoked.tool_calls] == [("add", {"a": 1, "b": 2}), ("lookup", {"city": "北京"})]
+    assert [(c["name"], c["args"]) for c in invoked.tool_calls] == [
+        ("add", {"a": 1, "b": 2}),
+        ("lookup", {"city": "北京"}),
+    ]
     full = summed(list(model.stream("two things")))
-    assert [(c["name"], c["args"]) for c in full.tool_calls] == [("add", {"a": 1, "b": 2}), ("lookup", {"city": "北京"})]
+    assert [(c["name"], c["args"]) for c in full.tool_calls] == [
+        ("add", {"a": 1, "b": 2}),
+        ("lookup", {"city": "北京"}),
+    ]
     assert len({c["id"] for c in full.tool_calls}) == 2
 
 
@@ -343,7 +354,11 @@ class Options(BaseCallbackHandler):
 @pytest.mark.parametrize("method", ["json_schema", "function_calling"])
 @pytest.mark.parametrize("schema", [Joke, JokeDict, Joke.model_json_schema()], ids=["pydantic", "typeddict", "json"])
 def test_with_structured_output(method, schema):
-    text = json.dumps(JOKE) if method == "json_schema" else call_text("Joke" if schema is not JokeDict else "JokeDict", JOKE)
+    text = (
+        json.dumps(JOKE)
+        if method == "json_schema"
+        else call_text("Joke" if schema is not JokeDict else "JokeDict", JOKE)
+    )
     model = model_writing(text)
     chain = model.with_structured_output(schema, method=method)
     log = Options()
@@ -360,7 +375,11 @@ def test_with_structured_output(method, schema):
     if method == "json_schema":
         assert session.tools.response_schema == convert_to_json_schema(schema)
     else:
-        assert (session.tools.choice, session.tools.name, session.tools.parallel) == ("named", "Joke" if schema is not JokeDict else "JokeDict", False)
+        assert (session.tools.choice, session.tools.name, session.tools.parallel) == (
+            "named",
+            "Joke" if schema is not JokeDict else "JokeDict",
+            False,
+        )
 
 
 def test_json_mode_and_include_raw():
