@@ -483,6 +483,12 @@ def _find_end_of_turn(tokenizer: Any, template: str, plain: bool) -> int:
     return int(tokenizer.eos_token_id)
 
 
+_END_MARKERS = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<eos>")
+"""Special tokens that end a text wherever a tokenizer has them. Qwen2.5's own generation config lists
+``<|endoftext|>`` beside ``<|im_end|>``; copies converted from GGUF lose that list, and a drafter would
+then write the token out as text."""
+
+
 def _stop_token_ids(model: Any, tokenizer: Any, end_of_turn_id: int) -> frozenset[int]:
     ids = {end_of_turn_id}
     if tokenizer.eos_token_id is not None:
@@ -492,4 +498,7 @@ def _stop_token_ids(model: Any, tokenizer: Any, end_of_turn_id: int) -> frozense
         ids.add(configured)
     elif configured:
         ids.update(int(x) for x in configured)
+    special = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    vocab = tokenizer.get_vocab()
+    ids.update(int(vocab[marker]) for marker in _END_MARKERS if marker in special and marker in vocab)
     return frozenset(ids)
