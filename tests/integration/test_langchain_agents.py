@@ -1,0 +1,113 @@
+"""Real agents on the real default ensemble: LangChain's ``create_agent`` and LangGraph's prebuilt
+ReAct agent with two tools, an exact calculator and a lookup over a small offline table.
+
+The question needs both tools, in order: the price of one item comes from the table (made-up
+numbers, so no model can know them) and the total from the calculator; the agent must end with the
+right total. Both members are tiny (SmolLM2-135M, Qwen2.5-Coder-0.5B), so the prompt spells out the
+steps and the question names them, decoding is greedy and every turn has room for one whole call
+(``parallel_tool_calls=False``: one call per turn). On failure the assertion message carries the
+whole transcript. (Without the second sentence of the question, Qwen2.5-Coder-0.5B alone calls
+``multiply(12, 1)`` after the lookup, and the ensemble repeats the lookup.)
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.errors import GraphRecursionError
+
+from specfuse_integrations.langchain import SpecFuseChatModel
+
+pytestmark = pytest.mark.slow
+
+# Measured on the default ensemble (greedy, CPU), with this prompt and question: turn 1 calls
+# price_of(item="apple") -> 37, turn 2 calls multiply(a=12, b=37) -> 444, and turn 3 calls
+# multiply(a=12, b=444) again instead of answering; the loop goes on until the recursion limit. Telling
+# it to call each tool once, to stop after multiply, or returning "12 * 37 = 444" from multiply did
+# not change turn 3 (Qwen2.5-Coder-0.5B alone does the same). The assertions stay as the task
+# demands; strict: the day the ensemble answers, XPASS fails and this marker must go.
+TWO_TOOL_TASK_TOO_HARD = pytest.mark.xfail(
+    strict=True,
+    raises=(AssertionError, GraphRecursionError),
+    reason="the tiny default ensemble keeps calling multiply after it returned the total (see comment)",
+)
+
+PRICES = {"apple": 37, "banana": 12, "cherry": 91}
+"""Cents per item: made up, so the answer can only come from the tool."""
+
+QUESTION = "How much do 12 apples cost? Look up the price of one apple, then multiply it by 12."
+TOTAL = 12 * PRICES["apple"]  # 444
+SYSTEM = (
+    "You are a shop assistant. Answer in three steps: first call price_of to get the price of one item, "
+    "then call multiply with the quantity and that price, then reply with the total price in cents."
+)
+
+
+@tool
+def price_of(item: str) -> int:
+    """Look up the price in cents of one item (apple, banana or cherry)."""
+    return PRICES[item.strip().lower().removesuffix("s")]
+
+
+@tool
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers exactly and return the product."""
+    return a * b
+
+
+@pytest.fixture(scope="module")
+def llm() -> SpecFuseChatModel:
+    return SpecFuseChatModel(temperature=0, max_tokens=48, segment_tokens=8, parallel_tool_calls=False)
+
+
+def transcript(messages: list[BaseMessage]) -> str:
+    lines = []
+    for message in messages:
+        calls = [(c["name"], c["args"]) for c in getattr(message, "tool_calls", [])]
+        invalid = [(c["name"], c["args"]) for c in getattr(message, "invalid_tool_calls", [])]
+        lines.append(f"{type(message).__name__}: {message.content!r}" + (f" calls={calls}" if calls else "")
+                     + (f" invalid={invalid}" if invalid else ""))  # fmt: skip
+    return "\n".join(lines)
+
+
+def check_two_tool_answer(messages: list[BaseMessage]) -> None:
+    """Both tools were called with the right arguments, their results came back, and the final answer
+    (an AIMessage without calls) states the total."""
+    log = transcript(messages)
+    calls = [c for m in messages if isinstance(m, AIMessage) for c in m.tool_calls]
+    results = {m.name: m.content for m in messages if isinstance(m, ToolMessage) and m.status != "error"}
+    assert any(c["name"] == "price_of" and "apple" in str(c["args"].get("item", "")).lower() for c in calls), log
+    assert results.get("price_of") == str(PRICES["apple"]), log
+    assert any(
+        c["name"] == "multiply" and sorted(c["args"].values()) == sorted([12, PRICES["apple"]]) for c in calls
+    ), log
+    assert results.get("multiply") == str(TOTAL), log
+    final = messages[-1]
+    assert isinstance(final, AIMessage) and not final.tool_calls, log
+    assert str(TOTAL) in final.text, log
+
+
+@TWO_TOOL_TASK_TOO_HARD
+def test_create_agent_answers_with_both_tools(llm: SpecFuseChatModel) -> None:
+    from langchain.agents import create_agent
+
+    agent = create_agent(llm, tools=[price_of, multiply], system_prompt=SYSTEM)
+    state: dict[str, Any] = agent.invoke({"messages": [HumanMessage(QUESTION)]}, {"recursion_limit": 8})
+    print(transcript(state["messages"]))
+    check_two_tool_answer(state["messages"])
+
+
+@TWO_TOOL_TASK_TOO_HARD
+def test_langgraph_prebuilt_agent_answers_with_both_tools(llm: SpecFuseChatModel) -> None:
+    with warnings.catch_warnings():  # LangGraph 1.x points to langchain.agents.create_agent
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from langgraph.prebuilt import create_react_agent
+
+        agent = create_react_agent(llm, tools=[price_of, multiply], prompt=SYSTEM)
+    state: dict[str, Any] = agent.invoke({"messages": [HumanMessage(QUESTION)]}, {"recursion_limit": 8})
+    print(transcript(state["messages"]))
+    check_two_tool_answer(state["messages"])
