@@ -247,6 +247,7 @@ class _Request:
         self.parser = ToolCallStreamParser() if tools.calls_tools else None
         self._forced = ""
         self._round_notes: list[str] = []
+        self._parsed: tuple[str, list[Any], list[Any]] | None = None  # the answer's calls, parsed once at the end
         self.order = {m.name: i for i, m in enumerate(ensemble.members)}
         self.active: list[Member] = []
         self.sessions: dict[str, MemberSession] = {}
@@ -308,7 +309,7 @@ class _Request:
         for name, session in self.sessions.items():
             self.usage[name] = _copy_usage(session.usage)
         content, tool_calls, invalid = (
-            parse_tool_calls(self.text, self.parser.ids) if self.parser is not None else (self.text, [], [])
+            self._parsed if self._parsed is not None else (self.text, [], [])
         )
         self.result = FusionResult(
             text=self.text,
@@ -514,7 +515,8 @@ class _Request:
         if finish is not None:
             tail, last = self.parser.finish()
             content, deltas = content + tail, deltas + last
-            if finish == "stop" and parse_tool_calls(self.text, self.parser.ids)[1]:
+            self._parsed = parse_tool_calls(self.text, self.parser.ids)
+            if finish == "stop" and self._parsed[1]:
                 finish = "tool_calls"
         return content, deltas, finish
 
