@@ -32,7 +32,8 @@ def test_one_prompt_one_config_end_to_end_and_resumed(tmp_path: Path) -> None:
     assert row["calls_per_round"] == 1.0 and row["rounds_per_answer"] >= 1
     assert 0.0 <= row["prompt_loose"] <= 1.0 and row["prompt_strict"] <= row["prompt_loose"]
     run_dir = Path(first["run_dir"])
-    (cached,) = (run_dir / "smollm2-135m-instruct").glob("*.json")
+    # a member alone is cached under a run id of that member only (shared by every ensemble it is in)
+    (cached,) = tmp_path.glob("*/smollm2-135m-instruct/*.json")
     assert json.loads(cached.read_text())["response"]
     assert (run_dir / "results.md").exists() and (run_dir / "quality.png").stat().st_size > 1000
 
