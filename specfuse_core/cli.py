@@ -19,6 +19,7 @@ from .config import (
     FusionConfig,
 )
 from .errors import SpecFuseError
+from .scheduler import SCHEDULES, prefer_passive_openmp
 from .trace import FusionResult
 
 EXIT_ERROR = 1
@@ -65,6 +66,9 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights-schedule", choices=WEIGHT_SCHEDULES, default="1/t", help="η_t decay (default 1/t)")
     parser.add_argument("--device", help="device for local members (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--dtype", help="dtype for local members (float32, bfloat16, float16)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="auto", help=(
+        "how local members share the machine: parallel (own thread and share of the cores each), "
+        "turns (one at a time, all cores) or auto (parallel when there is a core per CPU member)"))  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +209,7 @@ def _ask(args: argparse.Namespace) -> int:
     question = sys.stdin.read() if args.question == "-" else args.question
     config = config_from_args(args)
     _quiet_libraries()
-    ensemble = Ensemble.from_specs(args.member, config, **member_options(args))
+    ensemble = Ensemble.from_specs(args.member, config, schedule=args.schedule, **member_options(args))
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": question}
     ]
@@ -269,7 +273,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     def load() -> Ensemble:
         _quiet_libraries()
-        return Ensemble.from_specs(args.member, config, **options)
+        return Ensemble.from_specs(args.member, config, schedule=args.schedule, **options)
 
     import logging
 
@@ -291,6 +295,7 @@ def _presets() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prefer_passive_openmp()  # before torch loads OpenMP; an OMP_WAIT_POLICY already set wins
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -20,6 +20,7 @@ from .config import FusionConfig
 from .errors import ConfigError, NoActiveMembersError
 from .member import ContextWindowFull, Draft, Member, MemberSession, SamplingParams
 from .messages import Message, validate_messages
+from .scheduler import Placement, Schedule, assign
 from .segments import find_stop, trim_to_word_boundary
 from .tools import (
     NO_TOOLS,
@@ -52,9 +53,18 @@ class Ensemble:
 
     >>> ens = Ensemble.from_specs(["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
     >>> ens.generate([{"role": "user", "content": "What is the capital of France?"}]).text
+
+    ``schedule`` says how local members share the machine: ``"parallel"`` (each member on its own
+    worker thread with a share of the cores, drafting and scoring side by side), ``"turns"`` (members
+    on one device take turns, each using all its cores) or ``"auto"`` (parallel when several members
+    share the CPU and there is a core for each). ``placements`` says where each member runs. Concurrent
+    requests on one ensemble share batched forward passes in either schedule
+    (:mod:`specfuse_core.scheduler`).
     """
 
-    def __init__(self, members: Sequence[Member], config: FusionConfig | None = None) -> None:
+    def __init__(
+        self, members: Sequence[Member], config: FusionConfig | None = None, *, schedule: Schedule = "auto"
+    ) -> None:
         members = list(members)
         if not members:
             raise ConfigError("an ensemble needs at least one member")
@@ -72,6 +82,9 @@ class Ensemble:
         self.weights: dict[str, float] = _uniform_weights(self.members)
         self.margin_scales: dict[str, scoring.MarginScale] = {}  # normalize="calibrated", with keep_weights
         self._open_sessions = 0
+        local = [m for m in self.members if hasattr(m, "use_worker")]
+        self.schedule: Schedule = schedule
+        self.placements: tuple[Placement, ...] = tuple(assign(local, schedule)) if local else ()  # type: ignore[arg-type]
 
     @property
     def open_sessions(self) -> int:
@@ -85,6 +98,7 @@ class Ensemble:
         config: FusionConfig | None = None,
         *,
         share: bool = True,
+        schedule: Schedule = "auto",
         **member_options: Any,
     ) -> Ensemble:
         """Build an ensemble from member specs (preset names, directories, Hub ids, ``.gguf`` files).
@@ -92,13 +106,14 @@ class Ensemble:
         ``None`` means :data:`DEFAULT_MEMBERS`. A spec may end with ``::draft`` or ``::score`` to
         give that member a single role. ``member_options`` (``device``, ``dtype``, ...) go to every
         member. With ``share=True`` members already loaded with the same spec and options are reused.
+        ``schedule`` is how local members share the machine (see :class:`Ensemble`).
         """
         from .registry import load_member
 
         specs = list(DEFAULT_MEMBERS if specs is None else specs)
         if not specs:
             raise ConfigError("no member specs given")
-        return cls([load_member(spec, share=share, **member_options) for spec in specs], config)
+        return cls([load_member(spec, share=share, **member_options) for spec in specs], config, schedule=schedule)
 
     @property
     def name(self) -> str:

@@ -14,15 +14,12 @@ the reference code does (the baseline of ``benchmarks/rounds.py``).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
-import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -31,8 +28,9 @@ from .errors import ConfigError, ModelLoadError
 from .member import ContextWindowFull, Draft, Role, SamplingParams, TokenScores, role_flags
 from .messages import Message
 from .prompting import NO_NATIVE_SUPPORT, ToolSupport, member_prompt, needs_tool_rendering, probe_tool_support
-from .tools import NO_TOOLS, ToolRequest
+from .scheduler import Worker, default_worker
 from .segments import common_prefix_length
+from .tools import NO_TOOLS, ToolRequest
 from .trace import MemberUsage
 
 T = TypeVar("T")
@@ -46,19 +44,6 @@ PLAIN_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 """The prompt template of a member whose tokenizer has no chat template (override with ``chat_template=``)."""
-
-_executors: dict[str, ThreadPoolExecutor] = {}
-_executors_lock = threading.Lock()
-
-
-def device_executor(device_key: str) -> ThreadPoolExecutor:
-    """One worker thread per device: members on the same device take turns (they would only fight
-    over its cores or memory bandwidth), members on different devices run concurrently."""
-    with _executors_lock:
-        if device_key not in _executors:
-            _executors[device_key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"specfuse-{device_key}")
-        return _executors[device_key]
-
 
 def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -97,8 +82,12 @@ class HFMember:
         dtype: str | torch.dtype | None = None,
         chat_template: str | None = None,
         context_window: int | None = None,
+        threads: int | None = None,
     ) -> None:
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a positive integer, got {threads!r}")
         self.role: Role = role
+        self._threads = threads
         self._can_draft, self._can_score = role_flags(role)
         if device is not None and device_map is not None:
             raise ConfigError("pass either device or device_map, not both")
@@ -123,7 +112,9 @@ class HFMember:
             self.model, self.tokenizer = model, tokenizer
         self.model.eval()
         self.device = next(self.model.parameters()).device
-        self._executor_key = str(self.device) if device_map is None else f"map:{id(self.model)}"
+        self._device_key = str(self.device) if device_map is None else f"map:{id(self.model)}"
+        self.worker: Worker = default_worker(self._device_key)
+        self.runner = _ForwardRunner(self)
         if chat_template is not None:
             self.tokenizer.chat_template = chat_template
         self.uses_plain_template = not getattr(self.tokenizer, "chat_template", None)
@@ -143,6 +134,27 @@ class HFMember:
     @property
     def context_window(self) -> int | None:
         return self._context_window
+
+    # -- scheduling (scheduler.Schedulable) -------------------------------------------------------
+
+    @property
+    def device_key(self) -> str:
+        """The device this member's work runs on (``"cpu"``, ``"cuda:0"``; ``"map:..."`` when sharded)."""
+        return self._device_key
+
+    @functools.cached_property
+    def cost(self) -> int:
+        """Relative compute per token: the parameter count."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def threads(self) -> int | None:
+        """The thread budget given with ``threads=`` (used by the ``parallel`` schedule), or ``None``."""
+        return self._threads
+
+    def use_worker(self, worker: Worker) -> None:
+        """Run this member's model work on ``worker`` (the scheduler's choice)."""
+        self.worker = worker
 
     def __repr__(self) -> str:
         return f"HFMember(name={self.name!r}, role={self.role!r}, device={str(self.device)!r})"
@@ -179,8 +191,12 @@ class HFMember:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     async def run(self, fn: Callable[[], T]) -> T:
-        """Run blocking model work on this member's device thread."""
-        return await asyncio.get_running_loop().run_in_executor(device_executor(self._executor_key), fn)
+        """Run blocking model work on this member's worker thread."""
+        return await self.worker.call(fn)
+
+    async def run_job(self, job: Generator[Any, Any, T]) -> T:
+        """Run a job of forward passes on this member's worker, batched with concurrent requests' jobs."""
+        return await self.worker.submit(job, self.runner)
 
     async def open_session(
         self, messages: list[Message], *, cache: bool = True, seed: int | None = None, tools: ToolRequest | None = None
@@ -247,10 +263,10 @@ class HFSession:
         return self.constraint.seconds if self.constraint is not None else 0.0
 
     async def draft(self, max_new_tokens: int, sampling: SamplingParams) -> Draft:
-        return await self.member.run(lambda: self._draft(max_new_tokens, sampling))
+        return await self.member.run_job(self._draft(max_new_tokens, sampling))
 
     async def score(self, candidates: Sequence[tuple[str, bool]]) -> list[TokenScores]:
-        return await self.member.run(lambda: self._score(candidates))
+        return await self.member.run_job(self._score(candidates))
 
     def accept(self, accepted_text: str) -> None:
         self.accepted_text = accepted_text
@@ -281,19 +297,18 @@ class HFSession:
         self._own = None
         self._lookahead = None
 
-    # -- model work (runs on the member's device thread) ------------------------------------------
+    # -- model work: jobs that yield forward passes (run on the member's worker thread) -------------
 
     def _check_room(self, extra_tokens: int) -> None:
         window = self.member.context_window
         if window is not None and len(self.ids) + extra_tokens > window:
             raise ContextWindowFull(f"context window of {window} tokens is full ({len(self.ids)} in use)")
 
-    @torch.inference_mode()
-    def _forward(self, input_ids: list[list[int]], cache: Any, logits_to_keep: int) -> tuple[torch.Tensor, Any]:
-        tensor = torch.tensor(input_ids, dtype=torch.long, device=self.member.device)
-        return kv_cache.forward_with_cache(self.member.model, tensor, cache, logits_to_keep)
+    def _forward(self, input_ids: list[list[int]], cache: Any, logits_to_keep: int) -> _Job[tuple[torch.Tensor, Any]]:
+        """One forward pass; the worker may run it in one batch with other requests' passes."""
+        return (yield _Pass(input_ids, cache, logits_to_keep))
 
-    def _prefill(self, target: list[int]) -> torch.Tensor:
+    def _prefill(self, target: list[int]) -> _Job[torch.Tensor]:
         """Make the cache hold ``target`` and return the logits that predict the token after it."""
         lookahead, self._lookahead = self._lookahead, None
         if self.use_cache and lookahead is not None and lookahead[0] == target and self._cached_ids == target:
@@ -303,14 +318,14 @@ class HFSession:
             self._cache, keep = kv_cache.new_cache(), 0
         else:
             kv_cache.crop(self._cache, keep)
-        logits, self._cache = self._forward([target[keep:]], self._cache, logits_to_keep=1)
+        logits, self._cache = yield from self._forward([target[keep:]], self._cache, logits_to_keep=1)
         self._cached_ids = list(target)
         return logits[0, -1].float()
 
-    def _draft(self, max_new_tokens: int, sampling: SamplingParams) -> Draft:
+    def _draft(self, max_new_tokens: int, sampling: SamplingParams) -> _Job[Draft]:
         self._check_room(max_new_tokens)
         member = self.member
-        logits = self._prefill(self.ids)
+        logits = yield from self._prefill(self.ids)
         tokens: list[int] = []
         logprobs: list[float] = []
         raw_logits: list[float] = []
@@ -331,7 +346,7 @@ class HFSession:
             if sampling.stop and any(s in member.decode(tokens) for s in sampling.stop):
                 break
             if step + 1 < max_new_tokens:
-                step_logits, self._cache = self._forward([[token]], self._cache, logits_to_keep=1)
+                step_logits, self._cache = yield from self._forward([[token]], self._cache, logits_to_keep=1)
                 self._cached_ids.append(token)
                 logits = step_logits[0, -1].float()
         text_tokens = _drop_incomplete_characters(member, tokens[:-1] if ended else tokens)
@@ -340,10 +355,10 @@ class HFSession:
         self.usage.calls += 1
         self._own = _OwnDraft(list(self.ids), tokens, logprobs, raw_logits)
         hit_budget = not ended and len(tokens) == max_new_tokens
-        next_text = self._peek_next_text(tokens, text) if hit_budget else None
+        next_text = (yield from self._peek_next_text(tokens, text)) if hit_budget else None
         return Draft(text=text, ended=ended, hit_budget=hit_budget, tokens=len(tokens), next_text=next_text)
 
-    def _peek_next_text(self, tokens: list[int], text: str) -> str | None:
+    def _peek_next_text(self, tokens: list[int], text: str) -> _Job[str | None]:
         """One more decode step after a draft that hit its budget: the text the drafter's own next
         greedy token would add after ``text`` (``""`` for an end-of-turn token; ``None`` when it is
         not known, e.g. a partial character). The step's logits are kept for the next draft's prefill,
@@ -351,7 +366,7 @@ class HFSession:
         window = self.member.context_window
         if window is not None and len(self._cached_ids) + 1 > window:
             return None
-        step_logits, self._cache = self._forward([[tokens[-1]]], self._cache, logits_to_keep=1)
+        step_logits, self._cache = yield from self._forward([[tokens[-1]]], self._cache, logits_to_keep=1)
         self._cached_ids.append(tokens[-1])
         logits = step_logits[0, -1].float()
         self._lookahead = (list(self._cached_ids), logits)
@@ -379,7 +394,7 @@ class HFSession:
             return None
         return TokenScores(own.logprobs[:n], own.logits[:n])
 
-    def _score(self, candidates: Sequence[tuple[str, bool]]) -> list[TokenScores]:
+    def _score(self, candidates: Sequence[tuple[str, bool]]) -> _Job[list[TokenScores]]:
         self._check_room(max((self.count_tokens(t) for t, _ in candidates), default=0) + 1)
         results: list[TokenScores | None] = [None] * len(candidates)
         rows: list[tuple[int, list[int], int]] = []
@@ -393,11 +408,11 @@ class HFSession:
                 rows.append((index, full, start))
             self.usage.scored_tokens += len(full) - start
         if rows:
-            self._score_rows(rows, results)
+            yield from self._score_rows(rows, results)
         self.usage.calls += 1
         return [r for r in results if r is not None]
 
-    def _score_rows(self, rows: list[tuple[int, list[int], int]], results: list[TokenScores | None]) -> None:
+    def _score_rows(self, rows: list[tuple[int, list[int], int]], results: list[TokenScores | None]) -> _Job[None]:
         """One batched forward pass over all rows, on top of a shared copy of the cached prefix."""
         first_start = min(start for _, _, start in rows)
         keep = 0
@@ -410,7 +425,7 @@ class HFSession:
         # Right padding needs no attention mask: causal attention never looks ahead at the pads.
         batch = [s + [pad] * (width - len(s)) for s in suffixes]
         logits_to_keep = width - (first_start - 1 - keep)
-        batch_logits, batch_cache = self._forward(batch, prefix, logits_to_keep=logits_to_keep)
+        batch_logits, batch_cache = yield from self._forward(batch, prefix, logits_to_keep=logits_to_keep)
         offset = width - logits_to_keep
         logits = batch_logits.float()
         for b, (index, full, start) in enumerate(rows):
@@ -422,6 +437,41 @@ class HFSession:
             results[index] = TokenScores(logprobs.tolist(), chosen.tolist())
         if self.use_cache:
             self._scored = _ScoredBatch(batch_cache, [full for _, full, _ in rows])
+
+
+_Job = Generator["_Pass", Any, T]
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """A forward pass a session's job asks for: equal-length token rows on top of ``cache``."""
+
+    rows: list[list[int]]
+    cache: Any
+    logits_to_keep: int
+
+
+class _ForwardRunner:
+    """Runs a member's forward passes for :class:`~specfuse_core.scheduler.Worker` (a ``BatchRunner``).
+
+    Single-token decode steps of concurrent requests share a batch, and so do short multi-token passes
+    (scoring, catching up after a round); a long prompt prefill runs alone rather than padding the others.
+    """
+
+    SHORT = 64
+
+    def __init__(self, member: HFMember) -> None:
+        self.member = member
+
+    def batch_key(self, request: _Pass) -> Hashable:
+        width = len(request.rows[0])
+        return "step" if width == 1 else "short" if width <= self.SHORT else ("long", id(request))
+
+    @torch.inference_mode()
+    def run_batch(self, requests: list[_Pass]) -> list[tuple[torch.Tensor, Any]]:
+        pad = self.member.tokenizer.pad_token_id or 0
+        passes = [(r.rows, r.cache, r.logits_to_keep) for r in requests]
+        return kv_cache.forward_batched(self.member.model, passes, pad)
 
 
 def _sample(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> int:

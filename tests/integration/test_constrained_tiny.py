@@ -16,7 +16,6 @@ import pytest
 from specfuse_core import Ensemble, FusionConfig, HFMember, InvalidRequestError
 from specfuse_core.grammar import GrammarError, TextGrammar
 from specfuse_core.tools import tool_request
-from tiny_models import build_tiny_model
 
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 
@@ -56,12 +55,6 @@ ANSWER_SCHEMA = {
     "additionalProperties": False,
 }
 SCHEMAS = {"get_weather": WEATHER["function"]["parameters"], "add": ADD["function"]["parameters"]}
-
-
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-grammar")
-    return build_tiny_model(root / "a", vocab_size=300, seed=1), build_tiny_model(root / "b", vocab_size=420, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import torch
 from specfuse_core import Ensemble, FusionConfig, HFMember
 from specfuse_core.hf_member import HFSession
 from specfuse_core.member import SamplingParams
-from tiny_models import build_tiny_model
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Paris?"}]
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0, seed=None)
@@ -33,12 +32,6 @@ class RecordingMember(HFMember):
         session = await super().open_session(messages, **options)
         self.opened.append(session)
         return session
-
-
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return build_tiny_model(root / "a", vocab_size=300, seed=1), build_tiny_model(root / "b", vocab_size=420, seed=2)
 
 
 @pytest.fixture(scope="module")
