@@ -94,3 +94,19 @@ def test_json_schema_extraction(ensemble):
     )
     assert result.finish_reason == "stop"
     assert json.loads(result.text) == {"name": "Alice", "age": 31}
+
+
+def test_concurrent_requests_share_batched_passes_and_answer_as_alone(ensemble):
+    import asyncio
+
+    questions = ["Why is the sea salty?", "Name two uses of copper.", "What does a bee make?", "Define gravity briefly."]
+    requests = [[{"role": "user", "content": q}] for q in questions]
+    alone = [ensemble.generate(r, max_tokens=24) for r in requests]
+    before = [m.worker.stats.batched_passes for m in ensemble.members]
+
+    async def together():
+        return await asyncio.gather(*(ensemble.agenerate(r, max_tokens=24) for r in requests))
+
+    for one, other in zip(alone, asyncio.run(together())):
+        assert other.text == one.text
+    assert all(m.worker.stats.batched_passes > b for m, b in zip(ensemble.members, before))
