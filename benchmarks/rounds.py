@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 PROMPT = (
@@ -139,7 +140,9 @@ def child_concurrent(args: argparse.Namespace) -> dict[str, Any]:
 
     config = FusionConfig(temperature=0, segment_tokens=args.segment_tokens, max_tokens=args.concurrent_tokens)
     ensemble = Ensemble.from_specs(args.member, config, **_member_options(args))
-    prompts = [[{"role": "user", "content": p}] for p in CONCURRENT_PROMPTS[: max(args.concurrency, 4)]]
+    # Alone (concurrency 1), every prompt is answered once, one after another: the reference for all levels.
+    count = len(CONCURRENT_PROMPTS) if args.concurrency == 1 else args.concurrency
+    prompts = [[{"role": "user", "content": p}] for p in CONCURRENT_PROMPTS[:count]]
     ensemble.generate(prompts[0], max_tokens=4)  # warm-up
     start = time.perf_counter()
     if args.concurrency == 1:
@@ -204,6 +207,23 @@ def busy_core() -> Any:
 
 
 def _spawn(extra: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Run one measurement in a fresh subprocess. With ``--resume DIR`` a measurement already saved
+    there (same arguments) is read back instead of run again."""
+    saved = None
+    if args.resume:
+        key = "_".join(extra + [str(args.segment_tokens), str(args.max_tokens), str(args.concurrent_tokens),
+                                *(args.member or []), args.device or "", args.dtype or ""])  # fmt: skip
+        saved = Path(args.resume) / (key.replace("/", "_").replace(" ", "_") + ".json")
+        if saved.exists():
+            return json.loads(saved.read_text())
+    result = _run_child(extra, args)
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(result))
+    return result
+
+
+def _run_child(extra: list[str], args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.rounds", *extra, "--segment-tokens", str(args.segment_tokens),
                "--max-tokens", str(args.max_tokens), "--solo-tokens", str(args.solo_tokens),
                "--concurrent-tokens", str(args.concurrent_tokens)]  # fmt: skip
@@ -237,10 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--part", choices=("cache", "schedule"), default="cache",
                         help="cache: round cost and the KV cache (default); schedule: the scheduler (issue 15)")  # fmt: skip
+    parser.add_argument("--resume", metavar="DIR", help="save each measurement in DIR and reuse the ones already there")
     parser.add_argument("--concurrent-tokens", type=int, default=48, help="--part schedule: tokens per concurrent answer")
     parser.add_argument("--child", choices=("solo", "ensemble", "schedule", "concurrent", "batch-step"), help=argparse.SUPPRESS)
     parser.add_argument("--schedule", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--label", help=argparse.SUPPRESS)  # tells apart saved runs with equal arguments
     parser.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--no-cache", action="store_true", help=argparse.SUPPRESS)
@@ -312,7 +334,7 @@ def schedule_report(args: argparse.Namespace, specs: list[str]) -> int:
     for schedule in ("turns", "auto"):
         runs[f"{schedule}/idle"] = _spawn(["--child", "schedule", "--schedule", schedule], args)
         with busy_core():
-            runs[f"{schedule}/busy"] = _spawn(["--child", "schedule", "--schedule", schedule], args)
+            runs[f"{schedule}/busy"] = _spawn(["--child", "schedule", "--schedule", schedule, "--label", "busy"], args)
     levels = {n: _spawn(["--child", "concurrent", "--concurrency", str(n)], args) for n in (1, 4, 8)}
     new, old = runs["auto/idle"], runs["turns/idle"]
     threads = {p["member"]: p["threads"] for p in new["placements"]}

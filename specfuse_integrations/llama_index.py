@@ -356,7 +356,7 @@ class SpecFuseLLM(FunctionCallingLLM):
         if ensemble is None:
             ensemble = Ensemble.from_specs(self.members, effective, share=True, **self.member_options)
         elif effective is not ensemble.config:
-            shared = Ensemble(ensemble.members, effective)  # same loaded members, other options
+            shared = Ensemble(ensemble.members, effective, schedule=ensemble.schedule)  # same members, other options
             shared.weights = dict(ensemble.weights)
             ensemble = shared
         self._ensemble = ensemble
