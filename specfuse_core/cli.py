@@ -19,7 +19,7 @@ from .config import (
     FusionConfig,
 )
 from .errors import SpecFuseError
-from .scheduler import SCHEDULES, prefer_passive_openmp
+from .scheduler import SCHEDULES, describe, prefer_passive_openmp
 from .trace import FusionResult
 
 EXIT_ERROR = 1
@@ -229,6 +229,7 @@ def _ask(args: argparse.Namespace) -> int:
         print(f"invalid tool call ({invalid.error}): {invalid.arguments}")
     if args.trace:
         print(trace_table(result))
+        print(f"schedule {ensemble.schedule}: {describe(ensemble.placements)}")
     return 0
 
 

@@ -169,6 +169,16 @@ def assign(members: Sequence[Schedulable], schedule: str = "auto", cores: int | 
     return placements
 
 
+def describe(placements: Sequence[Placement]) -> str:
+    """One line for logs and traces: ``smollm2 (own thread, 1 thread), qwen (own thread, 1 thread)``."""
+    parts = []
+    for p in placements:
+        threads = "all cores" if p.threads is None else f"{p.threads} thread" + ("s" if p.threads > 1 else "")
+        where = "shared device thread" if p.worker.startswith("device:") else "own thread"
+        parts.append(f"{p.member} ({where}, {threads})")
+    return ", ".join(parts) or "no local members"
+
+
 def _shared_worker(name: str, threads: int | None, device_key: str) -> Worker:
     with _workers_lock:
         if name not in _workers:

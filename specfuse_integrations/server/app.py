@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from specfuse_core import Ensemble, FusionResult, SegmentEvent
 from specfuse_core.errors import ConfigError, SpecFuseValueError
+from specfuse_core.scheduler import describe
 
 from . import protocol
 from .metrics import ServerMetrics
@@ -223,6 +224,7 @@ class _State:
             return
         self.metrics.loaded.set(1)
         log.info("members loaded in %.1f s: %s", time.perf_counter() - start, ", ".join(m.name for m in self.ensemble.members))
+        log.info("schedule %s: %s", self.ensemble.schedule, describe(self.ensemble.placements))
 
     async def drain(self, timeout: float) -> None:
         """Cancel what is still running (uvicorn already waited its graceful period) and wait for the caches."""

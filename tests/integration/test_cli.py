@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import build_tiny_model
 
 SPECFUSE = [sys.executable, "-m", "specfuse_core.cli"]
 
@@ -21,9 +20,8 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
 
 
 @pytest.fixture(scope="module")
-def tiny_specs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    return [str(build_tiny_model(root / "a", vocab_size=300, seed=1)), str(build_tiny_model(root / "b", vocab_size=420, seed=2))]
+def tiny_specs(tiny_dirs):
+    return [str(path) for path in tiny_dirs]
 
 
 def test_help_lists_every_command():
@@ -53,6 +51,15 @@ def test_streaming_with_trace_table(tiny_specs):
                "--max-tokens", "12", "--segment-tokens", "4", "--trace", "--no-kv-cache", stdin="hello")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "round" in done.stdout and "winner" in done.stdout and "calls/round" in done.stdout
+
+
+def test_schedule_option_is_applied_and_shown_in_the_trace(tiny_specs):
+    done = run("ask", "hello", "--member", tiny_specs[0], "--member", tiny_specs[1], "--temperature", "0",
+               "--max-tokens", "8", "--segment-tokens", "4", "--trace", "--schedule", "turns")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "schedule turns:" in done.stdout and "shared device thread, all cores" in done.stdout
+    bad = run("ask", "hello", "--schedule", "fastest")
+    assert bad.returncode == 2 and "--schedule" in bad.stderr
 
 
 @pytest.mark.parametrize(

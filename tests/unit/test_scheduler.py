@@ -161,3 +161,11 @@ def test_call_runs_on_the_worker_thread():
     worker = Worker("test-call")
     name = asyncio.run(worker.call(lambda: threading.current_thread().name))
     assert name.startswith("specfuse-test-call")
+
+
+def test_describe_says_where_each_member_runs():
+    from specfuse_core.scheduler import Placement, describe
+
+    placements = [Placement("smol", "member:smol:1:1", 1), Placement("qwen", "device:cpu", None)]
+    assert describe(placements) == "smol (own thread, 1 thread), qwen (shared device thread, all cores)"
+    assert describe([]) == "no local members"
