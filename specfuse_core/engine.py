@@ -646,6 +646,10 @@ class _Request:
         before = self.text
         if proposal is None:  # every drafter returned nothing: there is nothing more to say
             self.text = before + self._forced
+            if self.grammar is not None and not self.grammar.is_complete(before, self._forced):
+                # Every draft was cut to nothing: the answer cannot go on and is unfinished, like a spent budget.
+                self._round_notes.append("no draft continued the answer under the grammar; it ends unfinished")
+                return self._forced, "length"
             return self._forced, "stop"
         text = before + self._forced + proposal.text
         finish: FinishReason | None = "stop" if proposal.ends else None
@@ -656,12 +660,23 @@ class _Request:
         if stop_is_allowed:
             text, finish = text[:stop_at], "stop"
         if finish is None and self._output_tokens(text) >= self.config.max_tokens:
-            text, finish = self._counter().truncate_to_tokens(text, self.config.max_tokens), "length"
+            text, finish = self._within_budget(text), "length"
         if finish is None and self.round >= self.config.max_tokens:
             finish = "length"  # a round adds at least one token, unless tokens merge across segments forever
         self.text = text
         self._sync_sessions(text)
         return text[len(before) :], finish
+
+
+    def _within_budget(self, text: str) -> str:
+        """``text`` cut to at most ``max_tokens`` tokens. A cut text can re-encode one token longer
+        (its last characters tokenize differently alone), so cut again until it fits."""
+        counter, budget = self._counter(), self.config.max_tokens
+        cut = counter.truncate_to_tokens(text, budget)
+        while budget > 1 and counter.count_tokens(cut) > self.config.max_tokens:
+            budget -= 1
+            cut = counter.truncate_to_tokens(text, budget)
+        return cut
 
 
 def _copy_usage(usage: MemberUsage) -> MemberUsage:

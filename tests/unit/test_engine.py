@@ -233,3 +233,20 @@ def test_member_notes_reach_the_result():
     assert result.notes == {"a": ("draft-only: the server cannot score given text",)}
     assert result.summary()["notes"] == {"a": ["draft-only: the server cannot score given text"]}
     assert result.to_dict()["notes"]["a"] == ["draft-only: the server cannot score given text"]
+
+
+def test_a_cut_that_re_encodes_longer_is_cut_again_to_fit_the_budget(monkeypatch):
+    from scripted import ScriptedSession
+
+    # A tokenizer where the cut text tokenizes one longer alone (as byte-level BPE can at a cut):
+    # "word-word" is one token inside a text but two at its end.
+    def count(self, text: str) -> int:
+        return len(text.split()) + (1 if text.endswith("-word") else 0)
+
+    monkeypatch.setattr(ScriptedSession, "count_tokens", count)
+    member = ScriptedMember("m", drafts=[("one two three word-word four five", False)])
+    result = Ensemble([member], FusionConfig(max_tokens=4, segment_tokens=10)).generate(
+        [{"role": "user", "content": "q"}]
+    )
+    assert result.finish_reason == "length"
+    assert result.output_tokens <= 4 and result.text == "one two three"

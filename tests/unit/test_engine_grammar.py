@@ -34,3 +34,21 @@ def test_an_end_where_the_grammar_is_incomplete_becomes_a_continuation():
     assert result.text == '{"a": 3}'
     assert "kept as a continuation" in result.trace[0].notes[0]
     assert ensemble.open_sessions == 0
+
+
+def test_drafts_all_cut_to_nothing_end_the_answer_unfinished_not_as_a_normal_stop():
+    stubborn = ScriptedMember("stubborn", drafts=[("I will not write JSON.", False)])
+    ensemble = Ensemble([stubborn], FusionConfig(segment_tokens=50, max_tokens=50))
+    result = ensemble.generate([{"role": "user", "content": "a?"}], response_format=FORMAT)
+    assert result.text == "{"
+    assert result.finish_reason == "length"
+    assert any("ends unfinished" in note for note in result.trace[-1].notes)
+
+
+def test_an_unfinished_call_that_cannot_go_on_is_reported_invalid():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": SCHEMA}}]
+    stubborn = ScriptedMember("stubborn", drafts=[('{"name": "f", "arguments": {"a": 1', False), ("oops", False)])
+    ensemble = Ensemble([stubborn], FusionConfig(segment_tokens=50, max_tokens=50))
+    result = ensemble.generate([{"role": "user", "content": "a?"}], tools=tools, tool_choice="required")
+    assert result.finish_reason == "length"
+    assert not result.tool_calls and len(result.invalid_tool_calls) == 1
