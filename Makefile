@@ -36,6 +36,7 @@ $(ASK_STAMP): pyproject.toml | $(BIN)/python
 # the first time), and headless Chromium with its driver from Debian's packages for the page test.
 $(TEST_STAMP): pyproject.toml $(ASK_STAMP)
 	$(PIP) install -qq -e ".[dev]"
+	$(PIP) install -qq --no-deps bfcl-eval==2026.3.23  # BFCL's AST checker only (its own pins clash with ours)
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 		echo "installing chromium and chromium-driver (apt-get)"; \
 		$(SUDO) apt-get update -qq && \

@@ -212,11 +212,10 @@ def test_paired_tests_count_wins_and_losses_per_category() -> None:
     assert (tests["all"]["wins"], tests["all"]["losses"], tests["all"]["mcnemar_p"]) == (1, 1, 1.0)
 
 
-bfcl = pytest.importorskip  # the checker tests below need bfcl-eval (pip install --no-deps bfcl-eval==2026.3.23)
+import bfcl_eval  # noqa: E402, F401 - `make test` installs it (pip install --no-deps bfcl-eval==2026.3.23): fail loudly if missing
 
 
 def test_bfcl_checker_runs_offline_on_hand_checked_answers() -> None:
-    bfcl("bfcl_eval")
     check = bench.load_ast_checker()
     row = _row("simple_python", [AREA], AREA_TRUTH)
     ok = _call("calculate_triangle_area", {"base": 10, "height": 5})
