@@ -29,6 +29,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -184,29 +185,52 @@ def run_all(
     answer: Any,
     *,
     log: Any = None,
+    concurrency: int = 1,
 ) -> dict[str, list[dict[str, Any]]]:
     """Answer every (prompt, configuration) pair not yet cached, prompt-major; return all records.
 
     ``answer(config, prompt_row) -> record`` does the generation; it is called only for missing pairs.
+    With ``concurrency > 1`` up to that many prompts of one configuration are answered at once (an
+    ensemble batches concurrent requests' forward passes; greedy answers equal the sequential ones,
+    per-answer seconds do not). Configurations still run one after another: ensembles that place
+    the same members differently must not run at the same time (their threads would oversubscribe).
     """
-    records: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
-    total, done = len(prompts) * len(configs), 0
-    for row in prompts:
-        for config in configs:
-            record = cache.get(config, row["key"])
-            if record is None:
-                record = answer(config, row)
-                record.setdefault("key", row["key"])
-                record.setdefault("config", config)
-                cache.put(config, row["key"], record)
-                status = "new"
-            else:
-                status = "cached"
-            records[config].append(record)
-            done += 1
-            if log is not None:
-                log(f"[{done}/{total}] {config} key={row['key']} {status} "
-                    f"rounds={record.get('rounds')} {record.get('seconds', 0):.1f}s")  # fmt: skip
+    pairs = [(row, config) for row in prompts for config in configs]  # prompt-major: the order of a sequential run
+
+    def one(row: dict[str, Any], config: str) -> tuple[dict[str, Any], str]:
+        record = cache.get(config, row["key"])
+        if record is not None:
+            return record, "cached"
+        record = answer(config, row)
+        record.setdefault("key", row["key"])
+        record.setdefault("config", config)
+        cache.put(config, row["key"], record)
+        return record, "new"
+
+    answered: dict[tuple[int, str], dict[str, Any]] = {}
+
+    def note(index: int, config: str, record: dict[str, Any], status: str) -> None:
+        answered[(index, config)] = record
+        if log is not None:
+            log(f"[{len(answered)}/{len(pairs)}] {config} key={prompts[index]['key']} {status} "
+                f"rounds={record.get('rounds')} {record.get('seconds', 0):.1f}s")  # fmt: skip
+
+    if concurrency <= 1:
+        for index, row in enumerate(prompts):
+            for config in configs:
+                note(index, config, *one(row, config))
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="answer")
+        try:
+            for config in configs:
+                futures = [pool.submit(one, row, config) for row in prompts]
+                for index, future in enumerate(futures):
+                    note(index, config, *future.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # an interrupted run stops after the answers in flight
+    records = {c: [answered[(i, c)] for i in range(len(prompts))] for c in configs}
     return records
 
 
@@ -775,6 +799,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "a FusionConfig option for every fused configuration, repeatable (e.g. score_mode=mean_logprob, "
         "exclude_self_scores=true); results go to their own directories and files"))  # fmt: skip
     p.add_argument("--limit", type=int, help="only the first N prompts")
+    p.add_argument("--concurrency", type=int, default=1, help=(
+        "answer this many (prompt, configuration) pairs at once: concurrent requests share batched forward "
+        "passes (greedy answers are the same; per-answer seconds are then under load)"))  # fmt: skip
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results directory (default {DEFAULT_RESULTS})")
     p.add_argument("--device", help="device for the members (cpu, cuda, ...)")
     p.add_argument("--dtype", help="dtype for the members")
@@ -827,14 +854,16 @@ def run(args: argparse.Namespace, *, paired_to_stdout: bool = False) -> int:
         records = {c: [r for r in recs if r["key"] in answered] for c, recs in records.items()}
     else:
         answer = None
+        loading = threading.Lock()
 
         def lazy_answer(config: str, row: dict[str, Any]) -> dict[str, Any]:
             nonlocal answer
-            if answer is None:  # load models only if something is missing
-                answer = make_answerer(member_specs, args)
+            with loading:
+                if answer is None:  # load models only if something is missing
+                    answer = make_answerer(member_specs, args)
             return answer(config, row)
 
-        records = run_all(prompts, configs, cache, lazy_answer, log=log)
+        records = run_all(prompts, configs, cache, lazy_answer, log=log, concurrency=args.concurrency)
 
     from . import ifeval_scoring
 

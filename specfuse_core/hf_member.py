@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
+from .scheduler import prefer_passive_openmp
+
+if "torch" not in sys.modules:
+    prefer_passive_openmp()  # before torch loads OpenMP (an OMP_WAIT_POLICY already set wins)
+
+import torch  # noqa: E402
 
 from . import kv_cache
 from .errors import ConfigError, ModelLoadError

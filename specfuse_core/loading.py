@@ -6,11 +6,12 @@ import hashlib
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadError, NotSupportedYetError
+
+if TYPE_CHECKING:
+    import torch
 
 COMPLETE_MARKER = "specfuse-complete"
 
@@ -28,6 +29,7 @@ def converted_gguf_dir(gguf: Path, target: Path) -> Path:
     """Convert a GGUF file once into a safetensors model directory at ``target`` and return it."""
     if (target / COMPLETE_MARKER).is_file():
         return target
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"specfuse: converting {gguf.name} to safetensors (one time, about a minute)...", file=sys.stderr, flush=True)

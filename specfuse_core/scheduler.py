@@ -17,14 +17,15 @@ step that a :class:`BatchRunner` says may share a batch run as one padded forwar
 has no torch import; :mod:`specfuse_core.hf_member` supplies the runner.
 
 Thread budgets are set per worker thread (OpenMP's thread count is a per-thread setting), and torch's
-process-wide default is put back afterwards. What only takes effect before torch starts its threads
-(``OMP_WAIT_POLICY``) is set by the ``specfuse`` command, never by the library: see
+process-wide default is put back afterwards. What only takes effect before torch loads OpenMP
+(``OMP_WAIT_POLICY``) is set as a default when specfuse itself is the first to load torch: see
 :func:`prefer_passive_openmp`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import threading
@@ -140,16 +141,35 @@ class Placement:
 
 
 _workers: dict[str, Worker] = {}
+_warned_spinning = False
+log = logging.getLogger("specfuse")
 _workers_lock = threading.Lock()
 
 
 def assign(members: Sequence[Schedulable], schedule: str = "auto", cores: int | None = None) -> list[Placement]:
     """Give each local member its worker under ``schedule`` and return where each one runs.
 
-    A member shared by several ensembles runs where the latest ensemble put it.
+    A member shared by several ensembles runs where the latest ensemble put it; ensembles that place a
+    shared member differently should not run at the same time (its threads would oversubscribe).
     """
     cores = cores or available_cores()
     resolved = resolve_schedule(schedule, members, cores)
+    placements = _place(members, resolved, cores)
+    _warn_if_spinning(placements, members)
+    return placements
+
+
+def _warn_if_spinning(placements: Sequence[Placement], members: Sequence[Schedulable]) -> None:
+    global _warned_spinning
+    on_cpu = {m.name for m in members if m.device_key == "cpu"}
+    multi_threaded = any(p.member in on_cpu and p.threads != 1 for p in placements)
+    if multi_threaded and openmp_spins() and not _warned_spinning:
+        _warned_spinning = True
+        log.warning("OpenMP threads may spin (OMP_WAIT_POLICY is not PASSIVE): multi-threaded CPU steps slow "
+                    "down sharply while another process is busy; set OMP_WAIT_POLICY=PASSIVE before importing torch")  # fmt: skip
+
+
+def _place(members: Sequence[Schedulable], resolved: str, cores: int) -> list[Placement]:
     placements: list[Placement] = []
     if resolved == "turns":
         for member in members:
@@ -343,10 +363,17 @@ def _set_exception(future: asyncio.Future[Any], error: BaseException) -> None:
 
 def prefer_passive_openmp() -> None:
     """Make OpenMP threads sleep at once when idle instead of spinning (``OMP_WAIT_POLICY=PASSIVE``),
-    unless the environment already says otherwise.
+    unless the environment already says otherwise (that is the way out: set ``OMP_WAIT_POLICY``).
 
-    Spinning threads are what make a 2-thread step collapse when another process holds a core. The
-    policy is read once, when torch loads OpenMP, so this only helps before ``import torch``: the
-    ``specfuse`` command calls it first thing; a program using the library sets the variable itself.
+    Spinning threads are what make a multi-threaded step collapse when another process holds a core
+    (measured: a 16-token answer of one member took 6.8 s instead of 1.3 s, two at once 41 s instead of
+    1.9 s). The policy is read once, when torch loads OpenMP, so this only helps before ``import
+    torch``: the ``specfuse`` command calls it first thing, and loading a local member calls it when
+    torch is not loaded yet. A program that imports torch earlier sets the variable itself.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def openmp_spins() -> bool:
+    """Whether OpenMP threads of this process may spin while idle (the policy was not made passive)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE"

@@ -117,3 +117,25 @@ def test_bad_thread_budget_is_a_config_error(tiny_dirs):
 
     with pytest.raises(ConfigError, match="threads must be a positive integer"):
         HFMember(str(tiny_dirs[0]), threads=0)
+
+
+@pytest.mark.parametrize(
+    ("preamble", "env_value", "expected"),
+    [
+        ("", None, "PASSIVE"),  # specfuse loads torch first: idle OpenMP threads sleep
+        ("", "ACTIVE", "ACTIVE"),  # the user's own setting wins
+        ("import torch; ", None, "unset"),  # torch already loaded: too late, nothing is changed
+    ],
+)
+def test_openmp_wait_policy_is_made_passive_only_before_torch_loads(preamble, env_value, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if env_value is not None:
+        env["OMP_WAIT_POLICY"] = env_value
+    code = preamble + "import os, specfuse_core.hf_member; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected

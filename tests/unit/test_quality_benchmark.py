@@ -134,6 +134,34 @@ def test_resume_generates_only_missing_pairs_in_prompt_major_order(tmp_path: Pat
     assert calls == []
 
 
+def test_concurrent_answering_gives_the_same_records_in_order(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    prompts = [LOWERCASE_NO_COMMA, HASHTAGS, SENTENCES]
+    running, most, lock = 0, 0, threading.Lock()
+
+    def answer(config: str, row: dict) -> dict:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return _fake_record(config, f"{config} answer {row['key']}")
+
+    sequential = quality.run_all(prompts, ["a", "specfuse"], quality.ResponseCache(tmp_path / "seq"), answer)
+    assert most == 1
+    together = quality.run_all(
+        prompts, ["a", "specfuse"], quality.ResponseCache(tmp_path / "conc"), answer, concurrency=3
+    )
+    assert most == 3
+    assert {c: [r["response"] for r in rs] for c, rs in together.items()} == {
+        c: [r["response"] for r in rs] for c, rs in sequential.items()
+    }
+
+
 def test_torn_cache_file_is_answered_again(tmp_path: Path) -> None:
     cache = quality.ResponseCache(tmp_path)
     (tmp_path / "a").mkdir()
