@@ -114,7 +114,9 @@ CONCURRENT_PROMPTS = (
 
 def child_schedule(args: argparse.Namespace) -> dict[str, Any]:
     """One 120-token answer under ``args.schedule``: wall and CPU time."""
-    if args.schedule != "turns":
+    if args.schedule == "turns":
+        import torch  # noqa: F401 - loaded before specfuse: OpenMP keeps its default wait policy, as before issue 15
+    else:
         from specfuse_core.scheduler import prefer_passive_openmp
 
         prefer_passive_openmp()  # what the `specfuse` command does before torch starts
