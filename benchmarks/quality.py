@@ -234,6 +234,21 @@ def run_all(
     return records
 
 
+def loaded_on_first_use(load: Any) -> Any:
+    """``answer(config, row)`` that calls ``load()`` (which loads the models and returns the real
+    answerer) only when something is missing, and only once even when answers run in several threads."""
+    answerer: list[Any] = []
+    lock = threading.Lock()
+
+    def answer(config: str, row: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            if not answerer:
+                answerer.append(load())
+        return answerer[0](config, row)
+
+    return answer
+
+
 # -- generation with real members ---------------------------------------------------------------------
 
 
@@ -853,16 +868,7 @@ def run(args: argparse.Namespace, *, paired_to_stdout: bool = False) -> int:
         answered = set.intersection(*({r["key"] for r in recs} for recs in records.values())) if records else set()
         records = {c: [r for r in recs if r["key"] in answered] for c, recs in records.items()}
     else:
-        answer = None
-        loading = threading.Lock()
-
-        def lazy_answer(config: str, row: dict[str, Any]) -> dict[str, Any]:
-            nonlocal answer
-            with loading:
-                if answer is None:  # load models only if something is missing
-                    answer = make_answerer(member_specs, args)
-            return answer(config, row)
-
+        lazy_answer = loaded_on_first_use(lambda: make_answerer(member_specs, args))
         records = run_all(prompts, configs, cache, lazy_answer, log=log, concurrency=args.concurrency)
 
     from . import ifeval_scoring

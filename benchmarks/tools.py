@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .quality import ResponseCache, member_label, record_from_result, resolve, run_all, run_id
+from .quality import ResponseCache, loaded_on_first_use, member_label, record_from_result, resolve, run_all, run_id
 
 DEFAULT_DATA = "../shared/data/bfcl"
 DEFAULT_RESULTS = "benchmarks/results/tools"
@@ -538,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results directory (default {DEFAULT_RESULTS})")
     p.add_argument("--device", help="device for the members (cpu, cuda, ...)")
     p.add_argument("--dtype", help="dtype for the members")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="answer this many entries of one configuration at once (batched; same greedy answers)")  # fmt: skip
     p.add_argument("--score-only", action="store_true", help="do not generate: score the cached answers only")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -566,15 +568,8 @@ def run(args: argparse.Namespace) -> int:
         answered = set.intersection(*({r["key"] for r in recs} for recs in records.values())) if records else set()
         records = {c: [r for r in recs if r["key"] in answered] for c, recs in records.items()}
     else:
-        answer = None
-
-        def lazy_answer(config: str, row: dict[str, Any]) -> dict[str, Any]:
-            nonlocal answer
-            if answer is None:  # load models only if something is missing
-                answer = make_answerer(member_specs, args)
-            return answer(config, row)
-
-        records = run_all(entries, configs, cache, lazy_answer, log=log)
+        lazy_answer = loaded_on_first_use(lambda: make_answerer(member_specs, args))
+        records = run_all(entries, configs, cache, lazy_answer, log=log, concurrency=args.concurrency)
 
     by_key = {row["key"]: row for row in entries}
     scores = {c: [score_answer(by_key[r["key"]], r, check) for r in records[c]] for c in configs}

@@ -125,12 +125,13 @@ def add_missing_call_tag(accepted: str, draft: str) -> str | None:
         return draft[closing.end() :] if closing else None
     opening = _OPENING_FENCE.match(draft)
     body = draft[opening.end() :] if opening else draft.lstrip()
-    return CALL_OPEN + "\n" + body if body.startswith(_BARE_CALL) else None
+    bare = _BARE_CALL.match(body)
+    return CALL_OPEN + '\n{"name": "' + body[bare.end() :] if bare else None
 
 
 _OPENING_FENCE = re.compile(r"\s*```[a-z]*[ \t]*\n")
 _CLOSING_FENCE = re.compile(r"\s*```[ \t]*(\n|$)")
-_BARE_CALL = '{"name": "'
+_BARE_CALL = re.compile(r'\{\s*"name"\s*:\s*"')  # also pretty-printed: {\n  "name": "
 
 _CALL_RE = re.compile(
     re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE) + r"|" + re.escape(CALL_OPEN) + r"(.*)", re.S

@@ -220,6 +220,17 @@ def test_a_bare_call_object_gets_its_tag_only_outside_calls() -> None:
     assert add_missing_call_tag("", '{"city": "Paris"}') is None
 
 
+def test_a_pretty_printed_call_in_a_fence_is_made_canonical() -> None:
+    # Qwen2.5-Coder-0.5B's usual way on BFCL prompts: a fenced, indented call object.
+    draft = '```json\n{\n  "name": "calculate_triangle_area",\n  "arg'
+    tagged = add_missing_call_tag("", draft)
+    assert tagged == '<tool_call>\n{"name": "calculate_triangle_area",\n  "arg'
+    whole = tagged + 'uments": {"base": 10}\n}\n</tool_call>'
+    (call,) = parse_tool_calls(whole)[1]
+    assert (call.name, call.arguments) == ("calculate_triangle_area", {"base": 10})
+    assert add_missing_call_tag("", "```json\n{") is None  # not yet recognisable as a call
+
+
 @pytest.mark.parametrize(
     "answer",
     [
