@@ -40,8 +40,12 @@ def forward_with_cache(model: torch.nn.Module, input_ids: torch.Tensor, cache: D
     """
     keyword = _cache_keyword(type(model))
     out = model(input_ids=input_ids, use_cache=True, logits_to_keep=logits_to_keep, **{keyword: cache})
+    return out.logits, _grown_cache(out)
+
+
+def _grown_cache(out: object) -> DynamicCache:
     grown = getattr(out, "cache", None)
-    return out.logits, grown if grown is not None else out.past_key_values
+    return grown if grown is not None else out.past_key_values  # type: ignore[attr-defined]
 
 
 @functools.cache
@@ -102,9 +106,7 @@ def forward_batched(
         logits_to_keep=width - first_kept,
         **{keyword: merged},
     )
-    grown = getattr(out, "cache", None)
-    grown = grown if grown is not None else out.past_key_values
-    layers = _layers(grown)
+    layers = _layers(_grown_cache(out))
     results: list[tuple[torch.Tensor, DynamicCache]] = []
     row = 0
     for (rows, _, keep), prefix, own_width in zip(passes, prefix_lengths, widths):
@@ -124,14 +126,15 @@ def _left_padded(
     """One cache for the whole batch: every pass's rows, padded with zeros on the left to ``longest``."""
     if longest == 0:
         return new_cache()
-    template = _layers(next(c for (_, c, _), n in zip(passes, prefix_lengths) if n > 0 and c is not None))
+    pass_layers = [_layers(cache) if prefix > 0 else [] for (_, cache, _), prefix in zip(passes, prefix_lengths)]
+    template = next(layers for layers in pass_layers if layers)
     merged: list[tuple[torch.Tensor, torch.Tensor]] = []
     for layer, (key_like, value_like) in enumerate(template):
         keys, values = [], []
-        for (rows, cache, _), prefix in zip(passes, prefix_lengths):
+        for (rows, _, _), prefix, layers in zip(passes, prefix_lengths, pass_layers):
             count = len(rows)
             if prefix > 0:
-                k, v = _layers(cache)[layer]  # type: ignore[arg-type]
+                k, v = layers[layer]
                 k, v = k[:, :, :prefix], v[:, :, :prefix]
                 if k.shape[0] != count:
                     k, v = k.expand(count, -1, -1, -1), v.expand(count, -1, -1, -1)

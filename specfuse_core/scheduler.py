@@ -225,9 +225,7 @@ class _Entry:
     job: Job[Any]
     runner: BatchRunner
     future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    request: Any = None
-    started: bool = False
+    request: Any = None  # the pass the job asks for (None: not started yet), then that pass's _Result
 
 
 class Worker:
@@ -266,8 +264,7 @@ class Worker:
 
     async def submit(self, job: Job[T], runner: BatchRunner) -> T:
         """Run ``job`` on this worker, in lockstep (and batched) with the other jobs in flight."""
-        loop = asyncio.get_running_loop()
-        entry = _Entry(job, runner, loop.create_future(), loop)
+        entry = _Entry(job, runner, asyncio.get_running_loop().create_future())
         with self._lock:
             self._queue.append(entry)
             start = not self._driving
@@ -322,11 +319,8 @@ class Worker:
             entry.job.close()
             return False
         try:
-            if not entry.started:
-                entry.started = True
-                entry.request = entry.job.send(None)
-            else:
-                entry.request = entry.job.send(entry.request.value)
+            sent = None if entry.request is None else entry.request.value
+            entry.request = entry.job.send(sent)
             return True
         except StopIteration as stop:
             self._resolve(entry, stop.value)
@@ -336,11 +330,11 @@ class Worker:
 
     @staticmethod
     def _resolve(entry: _Entry, value: Any) -> None:
-        entry.loop.call_soon_threadsafe(_set_result, entry.future, value)
+        entry.future.get_loop().call_soon_threadsafe(_set_result, entry.future, value)
 
     @staticmethod
     def _fail(entry: _Entry, error: BaseException) -> None:
-        entry.loop.call_soon_threadsafe(_set_exception, entry.future, error)
+        entry.future.get_loop().call_soon_threadsafe(_set_exception, entry.future, error)
 
 
 @dataclass(frozen=True)
