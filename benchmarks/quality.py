@@ -56,6 +56,9 @@ FUSION_CONFIGS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_CONFIGS = ("specfuse", "specfuse+exit", "specfuse+weights", "specfuse+exit+weights")  # "all"
 MEMBERS_ALIAS = "members"  # in --configs: every member alone
+TOOL_ONLY_OPTIONS = ("tool_vote",)
+"""Fusion options that act only when tools are offered: IFEval answers never depend on them, so they
+stay out of the cache hash (adding one does not throw away cached answers)."""
 
 
 # -- data and configurations ----------------------------------------------------------------------
@@ -123,6 +126,8 @@ def fusion_options(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
     options = dataclasses.asdict(FusionConfig(**{**FUSION_CONFIGS[config], **overrides}))
     for generation_setting in ("extra", "temperature", "top_p", "seed", "max_tokens", "segment_tokens", "stop"):
         options.pop(generation_setting)
+    for tool_option in TOOL_ONLY_OPTIONS:
+        options.pop(tool_option)
     return options
 
 

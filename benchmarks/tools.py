@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -40,7 +42,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .quality import ResponseCache, loaded_on_first_use, member_label, record_from_result, resolve, run_all, run_id
+from .quality import (
+    FUSION_CONFIGS,
+    ResponseCache,
+    loaded_on_first_use,
+    member_label,
+    record_from_result,
+    resolve,
+    run_all,
+    run_id,
+)
 
 DEFAULT_DATA = "../shared/data/bfcl"
 DEFAULT_RESULTS = "benchmarks/results/tools"
@@ -49,6 +60,11 @@ CATEGORY_ALIASES = {"simple": "simple_python"}
 GRAMMAR = "+grammar"
 ENSEMBLE = "specfuse"
 MEMBERS_ALIAS = "members"  # in --configs: every member alone, both ways
+TOOL_FUSION_CONFIGS: dict[str, dict[str, Any]] = {
+    **FUSION_CONFIGS,
+    "specfuse+all-vote": {"tool_vote": "all"},  # every scorer votes on whether to call (before issue 12's fix)
+}
+"""The ensemble configurations (each also ``+grammar``): IFEval's (``benchmarks/quality.py``) and tool-only ones."""
 BFCL_TYPES = {"dict": "object", "float": "number", "tuple": "array"}
 """BFCL's Python-flavoured type names → JSON Schema (``any`` becomes a schema without ``type``)."""
 CHECKER_MODEL = "specfuse"
@@ -152,12 +168,13 @@ def expand_configs(requested: Sequence[str] | None, member_specs: Sequence[str])
     """Configuration names in run order: members alone (unconstrained, then constrained), then SpecFuse."""
     labels = [member_label(s) for s in member_specs]
     members = [*labels, *(label + GRAMMAR for label in labels)]
-    known = [*members, ENSEMBLE, ENSEMBLE + GRAMMAR]
+    default = [*members, ENSEMBLE, ENSEMBLE + GRAMMAR]
+    known = [*default, *(v + g for v in TOOL_FUSION_CONFIGS if v != ENSEMBLE for g in ("", GRAMMAR))]
     names: list[str] = []
     for entry in requested or ["all"]:
         for item in (x.strip() for x in entry.split(",") if x.strip()):
             if item == "all":
-                expanded = known
+                expanded = default
             elif item == MEMBERS_ALIAS:
                 expanded = members
             elif item in known:
@@ -172,15 +189,29 @@ def cache_dirnames(
     configs: Sequence[str], member_specs: Sequence[str], max_tokens: int, segment_tokens: int
 ) -> dict[str, str]:
     """A member alone answers the same whatever the other members are: its answers live under a run id
-    of that member only; the ensemble's under the ensemble's run id."""
+    of that member only; the ensemble's under the ensemble's run id, in a directory named with a hash of
+    every fusion option (tool options included), so a changed default never reuses stale answers."""
     by_label = {member_label(spec): spec for spec in member_specs}
     ensemble_run = run_id(member_specs, max_tokens, segment_tokens)
     out = {}
     for config in configs:
         name, _ = split_config(config)
-        run = run_id([by_label[name]], max_tokens, segment_tokens) if name in by_label else ensemble_run
-        out[config] = f"{run}/{config}"
+        if name in by_label:
+            out[config] = f"{run_id([by_label[name]], max_tokens, segment_tokens)}/{config}"
+        else:
+            blob = json.dumps(fusion_options(name), sort_keys=True)
+            out[config] = f"{ensemble_run}/{config}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
     return out
+
+
+def fusion_options(variant: str) -> dict[str, Any]:
+    """Every FusionConfig option of an ensemble configuration, generation settings aside."""
+    from specfuse_core import FusionConfig
+
+    options = dataclasses.asdict(FusionConfig(**TOOL_FUSION_CONFIGS[variant]))
+    for generation_setting in ("extra", "temperature", "top_p", "seed", "max_tokens", "segment_tokens", "stop"):
+        options.pop(generation_setting)
+    return options
 
 
 # -- generation -----------------------------------------------------------------------------------
@@ -227,7 +258,10 @@ def make_answerer(member_specs: Sequence[str], args: argparse.Namespace) -> Any:
 
     def answer(config: str, row: dict[str, Any]) -> dict[str, Any]:
         name, constrained = split_config(config)
-        ensemble = Ensemble([by_label[name]] if name in by_label else members, base)
+        if name in by_label:
+            ensemble = Ensemble([by_label[name]], base)
+        else:
+            ensemble = Ensemble(members, base.replace(**TOOL_FUSION_CONFIGS[name]))
         start = time.perf_counter()
         if constrained:
             result = ensemble.generate(row["messages"], tools=row["tools"], tool_choice="auto")
@@ -395,10 +429,12 @@ def comparison_pairs(configs: Sequence[str]) -> list[tuple[str, str]]:
     """What to pair: SpecFuse against each member the same way (gain of the ensemble), and each
     constrained configuration against the same one unconstrained (gain of the grammar)."""
     pairs = []
-    for fused in (ENSEMBLE, ENSEMBLE + GRAMMAR):
-        if fused in configs:
-            grammar = fused.endswith(GRAMMAR)
-            pairs += [(fused, c) for c in configs if not c.startswith(ENSEMBLE) and split_config(c)[1] == grammar]
+    for fused in (c for c in configs if c.startswith(ENSEMBLE)):
+        grammar = split_config(fused)[1]
+        pairs += [(fused, c) for c in configs if not c.startswith(ENSEMBLE) and split_config(c)[1] == grammar]
+        default = ENSEMBLE + (GRAMMAR if grammar else "")
+        if fused != default and default in configs:
+            pairs.append((fused, default))  # a variant against the default ensemble
     pairs += [(c, split_config(c)[0]) for c in configs if split_config(c)[1] and split_config(c)[0] in configs]
     return pairs
 
@@ -528,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated (default: all four; 'simple' = simple_python)")  # fmt: skip
     p.add_argument("--configs", action="append", metavar="LIST", help=(
         "comma-separated, repeatable: 'all' (default), 'members' (each member alone, with and without the "
-        "grammar), a member's name, NAME+grammar, specfuse, specfuse+grammar"))  # fmt: skip
+        "grammar), a member's name, NAME+grammar, specfuse, specfuse+grammar, or an ensemble variant of "
+        "benchmarks/quality.py or specfuse+all-vote, each also +grammar"))  # fmt: skip
     p.add_argument("--member", action="append", metavar="SPEC",
                    help="member spec, repeatable (default: the default ensemble)")  # fmt: skip
     p.add_argument("--max-tokens", type=int, default=128,

@@ -15,6 +15,7 @@ from .config import (
     NORMALIZATIONS,
     SCORE_MODES,
     SCORE_SPANS,
+    TOOL_VOTES,
     WEIGHT_SCHEDULES,
     FusionConfig,
 )
@@ -61,6 +62,9 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
                         help="entropy of softmax(Q) (default) or a lead of exit_lead_z * sqrt(rounds)")  # fmt: skip
     parser.add_argument("--exit-lead-z", type=float, default=1.645,
                         help="--exit-rule lead: the lead needed, in sqrt(verified rounds) (default 1.645)")  # fmt: skip
+    parser.add_argument("--tool-vote", choices=TOOL_VOTES, default="native", help=(
+        "with --tools: who votes on whether to call a tool: the members whose templates show the tools "
+        "(native, default) or every member (all)"))  # fmt: skip
     parser.add_argument("--weights", action="store_true", help="online (Hedge) weights over scorers")
     parser.add_argument("--weights-eta0", type=float, default=1.0, help="Hedge learning rate η0 (default 1)")
     parser.add_argument("--weights-schedule", choices=WEIGHT_SCHEDULES, default="1/t", help="η_t decay (default 1/t)")
@@ -168,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         weights=args.weights,
         weights_eta0=args.weights_eta0,
         weights_schedule=args.weights_schedule,
+        tool_vote=args.tool_vote,
     )
 
 

@@ -15,6 +15,7 @@ ScoreSpan = Literal["full", "leading"]
 WeightSchedule = Literal["1/t", "1/sqrt(t)"]
 ExitQuality = Literal["wins", "scores"]
 ExitRule = Literal["entropy", "lead"]
+ToolVote = Literal["native", "all"]
 
 SCORE_MODES: tuple[str, ...] = ("mean_prob", "mean_logprob", "mean_logit")
 NORMALIZATIONS: tuple[str, ...] = ("sum", "softmax", "ratio", "calibrated", "rank")
@@ -22,6 +23,7 @@ SCORE_SPANS: tuple[str, ...] = ("full", "leading")
 EXIT_RULES: tuple[str, ...] = ("entropy", "lead")
 WEIGHT_SCHEDULES: tuple[str, ...] = ("1/t", "1/sqrt(t)")
 EXIT_QUALITIES: tuple[str, ...] = ("wins", "scores")
+TOOL_VOTES: tuple[str, ...] = ("native", "all")
 
 DEFAULT_DRAFT_TEMPERATURE = 0.6
 DEFAULT_DRAFT_TOP_P = 0.9
@@ -52,6 +54,12 @@ class FusionConfig:
     rounds ``t``, a member exits when the leader's ``Q`` exceeds its own by at least
     ``exit_lead_z · sqrt(t)``, a lead significant for the number of rounds played (with ``wins``, a
     one-sided z-test against evenly matched members; 1.645 is the 5% level).
+
+    ``tool_vote``: with tools offered under ``tool_choice="auto"``, a round whose candidates disagree on
+    whether to open a tool call decides exactly that. ``native`` (default) lets only the scorers whose
+    own chat template shows the tools (models trained to call them) vote in such a round, when at least
+    one such scorer is active and not all are; ``all`` lets every scorer vote as in any other round.
+    Every other round, inside a call included, is voted by all scorers.
     """
 
     segment_tokens: int = 10
@@ -80,6 +88,8 @@ class FusionConfig:
     weights_eta0: float = 1.0
     weights_schedule: WeightSchedule = "1/t"
     keep_weights: bool = False
+    # Tools (issue 12).
+    tool_vote: ToolVote = "native"
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +118,8 @@ class FusionConfig:
             raise ConfigError(
                 f"exit_quality must be one of {', '.join(EXIT_QUALITIES)}, got {self.exit_quality!r}"
             )
+        if self.tool_vote not in TOOL_VOTES:
+            raise ConfigError(f"tool_vote must be one of {', '.join(TOOL_VOTES)}, got {self.tool_vote!r}")
         if self.weights_schedule not in WEIGHT_SCHEDULES:
             raise ConfigError(
                 f"weights_schedule must be one of {', '.join(WEIGHT_SCHEDULES)}, got {self.weights_schedule!r}"

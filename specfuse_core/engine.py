@@ -28,6 +28,7 @@ from .tools import (
     ToolCallStreamParser,
     ToolRequest,
     add_missing_call_tag,
+    opens_call,
     parse_tool_calls,
     tool_request,
 )
@@ -581,6 +582,9 @@ class _Request:
             typical_margins=margins,
         )
         raw_weights = [self.weights.get(name, 0.0) for name in scorer_names]
+        deciders = self._call_deciders(proposals, scorer_names)
+        if deciders:
+            raw_weights = [w if name in deciders else 0.0 for name, w in zip(scorer_names, raw_weights)]
         total_weight = sum(raw_weights) or 1.0
         totals = scoring.aggregate(normalized, [w / total_weight for w in raw_weights])
         self_scores = []
@@ -593,6 +597,22 @@ class _Request:
             lengths = [len(p.text) + p.ends for p in proposals]
             return totals, scoring.select_winner(totals, self_scores, first_drafter, lengths=lengths, tolerance=1e-6)
         return totals, scoring.select_winner(totals, self_scores, first_drafter)
+
+    def _call_deciders(self, proposals: list[_Proposal], scorer_names: list[str]) -> list[str]:
+        """The scorers that vote in a round deciding whether to call a tool (``tool_vote="native"``):
+        those whose own template shows the tools. Empty when every scorer votes: no such decision
+        this round, ``tool_vote="all"``, or the native scorers are none or all of them."""
+        if self.config.tool_vote != "native" or not self.tools.calls_tools or self.tools.choice != "auto":
+            return []
+        accepted = self.text + self._forced
+        opening = [opens_call(accepted, p.text) for p in proposals]
+        if all(opening) or not any(opening):
+            return []
+        native = [name for name in scorer_names if self.sessions[name].native_tools]
+        if not native or len(native) == len(scorer_names):
+            return []
+        self._round_notes.append(f"call or no call: voted by the members whose templates show the tools ({', '.join(native)})")
+        return native
 
     def _update_policies(
         self,

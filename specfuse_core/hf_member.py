@@ -209,16 +209,19 @@ class HFMember:
     ) -> HFSession:
         request = tools or NO_TOOLS
 
-        def prepare() -> tuple[list[int], Any]:
+        def prepare() -> tuple[list[int], Any, bool]:
             constraint = None
             if request.constrained:
                 from .grammar import TokenConstraint
 
                 constraint = TokenConstraint(self.grammar_vocab(), request)
-            return self.prompt_ids(messages, request), constraint
+            native_tools = bool(request.offered_tools) and self.tool_support.tools
+            return self.prompt_ids(messages, request), constraint, native_tools
 
-        prompt, constraint = await self.run(prepare)
-        return HFSession(self, prompt, use_cache=cache, seed=seed, constraint=constraint)
+        prompt, constraint, native_tools = await self.run(prepare)
+        session = HFSession(self, prompt, use_cache=cache, seed=seed, constraint=constraint)
+        session.native_tools = native_tools
+        return session
 
 
 @dataclass
@@ -247,6 +250,7 @@ class HFSession:
         self.constraint = constraint  # grammar.TokenConstraint: drafts follow the request's grammar
         self.use_cache = use_cache
         self.prompt_ids = prompt_ids
+        self.native_tools = False
         self.accepted_text = ""
         self.ids: list[int] = list(prompt_ids)
         self.usage = MemberUsage(prompt_tokens=len(prompt_ids))

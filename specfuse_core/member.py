@@ -66,9 +66,14 @@ class ContextWindowFull(RuntimeError):
 
 @runtime_checkable
 class MemberSession(Protocol):
-    """A member's state for one request."""
+    """A member's state for one request.
+
+    ``native_tools``: the request offers tools and this member's own chat template shows them (the
+    model was trained to call them), rather than a written instruction that stands in for them.
+    """
 
     usage: MemberUsage
+    native_tools: bool
 
     async def draft(self, max_new_tokens: int, sampling: SamplingParams) -> Draft:
         """Generate up to ``max_new_tokens`` tokens after the accepted text."""

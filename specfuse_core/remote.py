@@ -172,6 +172,7 @@ class OpenAICompatibleMember:
         prepared, tool_list = prepare_messages(messages, request, support)
         prompt = await self._render_prompt(prepared, tool_list)
         session = RemoteSession(self, prompt, seed=seed)
+        session.native_tools = tool_list is not None
         session.messages = prepared if tool_list is None else prepare_messages(messages, request, NO_NATIVE_SUPPORT)[0]
         return session
 
@@ -393,6 +394,7 @@ class RemoteSession:
         self.prompt = prompt
         self.seed = seed
         self.messages: list[Message] = []
+        self.native_tools = False
         self.accepted_text = ""
         self.usage = MemberUsage(prompt_tokens=member.count_tokens(prompt) if prompt else 0)
         self._own: _OwnDraft | None = None

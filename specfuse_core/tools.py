@@ -117,8 +117,7 @@ def add_missing_call_tag(accepted: str, draft: str) -> str | None:
     becomes the tag, and a fence that closes right after a call is dropped), so the shared text
     stays canonical.
     """
-    inside = accepted.rfind(CALL_OPEN) > accepted.rfind(CALL_CLOSE)
-    if inside or (accepted.strip() and not accepted.endswith(("\n", CALL_CLOSE))):
+    if inside_call(accepted) or (accepted.strip() and not accepted.endswith(("\n", CALL_CLOSE))):
         return None
     if accepted.endswith(CALL_CLOSE):
         closing = _CLOSING_FENCE.match(draft)
@@ -127,6 +126,21 @@ def add_missing_call_tag(accepted: str, draft: str) -> str | None:
     body = draft[opening.end() :] if opening else draft.lstrip()
     bare = _BARE_CALL.match(body)
     return CALL_OPEN + '\n{"name": "' + body[bare.end() :] if bare else None
+
+
+def inside_call(text: str) -> bool:
+    """Whether ``text`` ends inside an open (not yet closed) tool call."""
+    return text.rfind(CALL_OPEN) > text.rfind(CALL_CLOSE)
+
+
+def opens_call(accepted: str, segment: str) -> bool:
+    """Whether ``segment``, appended to ``accepted`` outside any call, starts a new tool call: it
+    holds the opening tag, or ends in at least its first two characters (``"<tool_"``; a lone ``"<"``
+    is more likely prose)."""
+    if inside_call(accepted):
+        return False
+    text = accepted + segment
+    return text.count(CALL_OPEN) > accepted.count(CALL_OPEN) or _partial_suffix(text, CALL_OPEN) >= 2
 
 
 _OPENING_FENCE = re.compile(r"\s*```[a-z]*[ \t]*\n")

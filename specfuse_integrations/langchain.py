@@ -110,6 +110,7 @@ _FUSION_FIELDS: dict[str, str] = {
     "weights_eta0": "weights_eta0",
     "weights_schedule": "weights_schedule",
     "keep_weights": "keep_weights",
+    "tool_vote": "tool_vote",
 }
 
 _ROLE_OF_TYPE = {"system": "system", "human": "user", "ai": "assistant"}
@@ -368,6 +369,8 @@ class SpecFuseChatModel(BaseChatModel):
     weights_eta0: float | None = None
     weights_schedule: Literal["1/t", "1/sqrt(t)"] | None = None
     keep_weights: bool | None = None
+    tool_vote: Literal["native", "all"] | None = None
+    """``FusionConfig.tool_vote``: who votes on whether to call a tool."""
 
     _ensemble: Ensemble | None = PrivateAttr(default=None)
     _overrides: dict[tuple[str, ...], Ensemble] = PrivateAttr(default_factory=dict)

@@ -19,7 +19,8 @@ class ScriptedMember:
     """Drafts come from ``drafts`` (one per round; the last repeats); ``(text, ends)`` pairs.
 
     Scores: every candidate gets ``n_tokens = len(text.split()) + ends`` tokens of probability
-    ``prob(accepted, text, ends)``. ``fail_on`` makes a call of that kind raise.
+    ``prob(accepted, text, ends)``. ``fail_on`` makes a call of that kind raise. ``native_tools``:
+    whether its sessions report a template that shows the offered tools (when tools are offered).
     """
 
     name: str
@@ -29,6 +30,7 @@ class ScriptedMember:
     fail_on: str | None = None
     fail_after: int = 0
     context_window: int | None = None
+    native_tools: bool = False
     sessions: list[ScriptedSession] = field(default_factory=list)
 
     @property
@@ -45,6 +47,7 @@ class ScriptedMember:
         if self.fail_on == "open":
             raise ConnectionError(f"{self.name} is unreachable")
         session = ScriptedSession(self)
+        session.native_tools = self.native_tools and bool(tools is not None and tools.offered_tools)
         self.sessions.append(session)
         return session
 
@@ -54,6 +57,7 @@ class ScriptedSession:
         self.member = member
         self.accepted = ""
         self.usage = MemberUsage(prompt_tokens=3)
+        self.native_tools = False
         self.draft_calls = 0
         self.score_calls = 0
         self.closed = False

@@ -52,3 +52,82 @@ def test_an_unfinished_call_that_cannot_go_on_is_reported_invalid():
     result = ensemble.generate([{"role": "user", "content": "a?"}], tools=tools, tool_choice="required")
     assert result.finish_reason == "length"
     assert not result.tool_calls and len(result.invalid_tool_calls) == 1
+
+
+# -- who decides whether to call a tool (FusionConfig.tool_vote) ------------------------------------
+
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": SCHEMA}}]
+CALL = '<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>'
+PROSE = "It is sunny."
+
+
+def _call_versus_prose(**config: object) -> tuple[Ensemble, object]:
+    """A tool-trained member drafts a call; a member whose template dropped the tools drafts prose and
+    scores its prose far above the call; the caller prefers its call only narrowly. With every scorer
+    voting (sum normalisation) the prose wins: 0.1/1.0 + 0.6/1.1 < 0.9/1.0 + 0.5/1.1."""
+    caller = ScriptedMember(
+        "caller", drafts=[(CALL, True)], native_tools=True, prob=lambda acc, text, ends: 0.6 if "<tool_call>" in text else 0.5
+    )
+    talker = ScriptedMember("talker", drafts=[(PROSE, True)], prob=lambda acc, text, ends: 0.1 if "<tool_call>" in text else 0.9)
+    ensemble = Ensemble([caller, talker], FusionConfig(segment_tokens=50, max_tokens=80, **config))
+    return ensemble, ensemble.generate([{"role": "user", "content": "weather?"}], tools=TOOLS)
+
+
+def test_whether_to_call_is_voted_by_the_members_whose_templates_show_the_tools():
+    ensemble, result = _call_versus_prose()
+    first = result.trace[0]
+    assert not first.consensus and len(first.candidates) == 2
+    assert any("call or no call: voted by the members whose templates show the tools (caller)" in n for n in first.notes)
+    assert first.winners == ("caller",)
+    assert result.finish_reason == "tool_calls"
+    assert [(c.name, c.arguments) for c in result.tool_calls] == [("f", {"a": 1})]
+    assert ensemble.open_sessions == 0
+
+
+def test_tool_vote_all_lets_every_scorer_decide_the_call():
+    _, result = _call_versus_prose(tool_vote="all")
+    assert result.trace[0].winners == ("talker",)
+    assert result.text == PROSE and result.finish_reason == "stop"
+    assert not any("call or no call" in n for n in result.trace[0].notes)
+
+
+def test_every_scorer_votes_when_no_template_shows_the_tools():
+    a = ScriptedMember("a", drafts=[(CALL, True)], prob=lambda acc, text, ends: 0.6 if "<tool_call>" in text else 0.5)
+    b = ScriptedMember("b", drafts=[(PROSE, True)], prob=lambda acc, text, ends: 0.1 if "<tool_call>" in text else 0.9)
+    result = Ensemble([a, b], FusionConfig(segment_tokens=50, max_tokens=80)).generate(
+        [{"role": "user", "content": "weather?"}], tools=TOOLS
+    )
+    assert result.trace[0].winners == ("b",)
+    assert not any("call or no call" in n for n in result.trace[0].notes)
+
+
+def test_rounds_that_do_not_decide_a_call_are_voted_by_everyone():
+    # Both draft prose: no call decision, so the non-native member's strong preference wins.
+    caller = ScriptedMember("caller", drafts=[("Sunny.", True)], native_tools=True, prob=lambda acc, text, ends: 0.5)
+    talker = ScriptedMember("talker", drafts=[(PROSE, True)], prob=lambda acc, text, ends: 0.9 if text == PROSE else 0.1)
+    result = Ensemble([caller, talker], FusionConfig(segment_tokens=50, max_tokens=80)).generate(
+        [{"role": "user", "content": "weather?"}], tools=TOOLS
+    )
+    assert result.text == PROSE
+    assert not any("call or no call" in n for n in result.trace[0].notes)
+
+
+def test_opens_call_sees_tags_and_their_first_characters_outside_calls_only():
+    from specfuse_core.tools import opens_call
+
+    assert opens_call("", "<tool_call>\n{")
+    assert opens_call("Let me check.\n", "<tool_")
+    assert opens_call("<", "tool_call>")
+    assert not opens_call("", "It is 3 < 4")
+    assert not opens_call("", "Sunny.")
+    assert not opens_call("<tool_call>\n{", '"name": "f"')  # inside a call: nothing is being opened
+    assert opens_call(CALL + "\n", "<tool_call>")  # a second call after the first
+
+
+def test_tool_vote_is_validated():
+    import pytest
+
+    from specfuse_core import ConfigError
+
+    with pytest.raises(ConfigError, match="tool_vote must be one of native, all"):
+        FusionConfig(tool_vote="loudest")

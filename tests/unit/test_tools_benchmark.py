@@ -78,13 +78,20 @@ def test_configurations_expand_and_split() -> None:
     assert bench.split_config("qwen+grammar") == ("qwen", True)
     assert bench.split_config("specfuse") == ("specfuse", False)
     with pytest.raises(SystemExit, match="unknown configuration"):
-        bench.expand_configs(["specfuse+exit"], specs)
-    dirs = bench.cache_dirnames(["qwen+grammar", "specfuse"], specs, 96, 10)
-    assert dirs["qwen+grammar"].endswith("/qwen+grammar") and dirs["specfuse"].endswith("/specfuse")
+        bench.expand_configs(["specfuse+shout"], specs)
+    # IFEval's ensemble variants (and tool-only ones) run here too, each also under the grammar
+    assert bench.expand_configs(["specfuse+calibrated+grammar,specfuse+all-vote+grammar"], specs) == [
+        "specfuse+calibrated+grammar", "specfuse+all-vote+grammar"]  # fmt: skip
+    dirs = bench.cache_dirnames(["qwen+grammar", "specfuse", "specfuse+all-vote"], specs, 96, 10)
+    assert dirs["qwen+grammar"].endswith("/qwen+grammar") and dirs["specfuse"].split("/")[1].startswith("specfuse-")
     assert dirs["qwen+grammar"].split("/")[0] != dirs["specfuse"].split("/")[0]  # a member alone: its own run id
+    assert dirs["specfuse+all-vote"] != dirs["specfuse"]  # the options hash tells tool-only options apart
     assert bench.comparison_pairs(bench.expand_configs(["qwen,qwen+grammar,specfuse,specfuse+grammar"], specs)) == [
         ("specfuse", "qwen"), ("specfuse+grammar", "qwen+grammar"), ("qwen+grammar", "qwen"),
         ("specfuse+grammar", "specfuse")]  # fmt: skip
+    assert bench.comparison_pairs(["qwen+grammar", "specfuse+grammar", "specfuse+all-vote+grammar"]) == [
+        ("specfuse+grammar", "qwen+grammar"), ("specfuse+all-vote+grammar", "qwen+grammar"),
+        ("specfuse+all-vote+grammar", "specfuse+grammar")]  # fmt: skip
 
 
 def test_load_entries_interleaves_categories_and_takes_limit_per_category(tmp_path: Path) -> None:
