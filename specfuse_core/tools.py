@@ -115,7 +115,8 @@ def add_missing_call_tag(accepted: str, draft: str) -> str | None:
     bare ``{"name": "...`` object, or with that object in a Markdown code fence. At the start of the
     answer or of a line, outside any call, such a draft is read as the call it means (the fence
     becomes the tag, and a fence that closes right after a call is dropped), so the shared text
-    stays canonical.
+    stays canonical. A draft that stops inside the object's first key (``{"na``, ``{\n  "name":``)
+    is recognised too: its budget cut it before the name.
     """
     if inside_call(accepted) or (accepted.strip() and not accepted.endswith(("\n", CALL_CLOSE))):
         return None
@@ -125,7 +126,13 @@ def add_missing_call_tag(accepted: str, draft: str) -> str | None:
     opening = _OPENING_FENCE.match(draft)
     body = draft[opening.end() :] if opening else draft.lstrip()
     bare = _BARE_CALL.match(body)
-    return CALL_OPEN + '\n{"name": "' + body[bare.end() :] if bare else None
+    if bare:
+        return CALL_OPEN + '\n{"name": "' + body[bare.end() :]
+    # A draft cut by its token budget inside the call object's first key (``{\n  "name":``).
+    compact = re.sub(r"\s+", "", body)
+    if len(compact) >= len('{"n') and '{"name":"'.startswith(compact):
+        return CALL_OPEN + "\n" + compact
+    return None
 
 
 def inside_call(text: str) -> bool:
