@@ -249,6 +249,16 @@ class _Proposal:
     drafters: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _CallDecision:
+    """How a round that decides whether to call a tool is settled (empty: like any other round).
+
+    ``voters``: only these scorers' weights count. ``eligible``: only these candidates can win."""
+
+    voters: list[str] = field(default_factory=list)
+    eligible: list[bool] | None = None
+
+
 class _Request:
     """One request: member sessions, the accepted text and the per-request policy state."""
 
@@ -582,9 +592,9 @@ class _Request:
             typical_margins=margins,
         )
         raw_weights = [self.weights.get(name, 0.0) for name in scorer_names]
-        deciders = self._call_deciders(proposals, scorer_names)
-        if deciders:
-            raw_weights = [w if name in deciders else 0.0 for name, w in zip(scorer_names, raw_weights)]
+        decision = self._call_decision(proposals, scorer_names)
+        if decision.voters:
+            raw_weights = [w if name in decision.voters else 0.0 for name, w in zip(scorer_names, raw_weights)]
         total_weight = sum(raw_weights) or 1.0
         totals = scoring.aggregate(normalized, [w / total_weight for w in raw_weights])
         self_scores = []
@@ -593,26 +603,42 @@ class _Request:
             values = [s for s in own if s is not None]
             self_scores.append(sum(values) / len(values) if values else float("-inf"))
         first_drafter = [min(self.order[name] for name in p.drafters) for p in proposals]
+        eligible = decision.eligible
         if config.score_span == "leading":
             lengths = [len(p.text) + p.ends for p in proposals]
-            return totals, scoring.select_winner(totals, self_scores, first_drafter, lengths=lengths, tolerance=1e-6)
-        return totals, scoring.select_winner(totals, self_scores, first_drafter)
+            winner = scoring.select_winner(
+                totals, self_scores, first_drafter, lengths=lengths, tolerance=1e-6, eligible=eligible
+            )
+            return totals, winner
+        return totals, scoring.select_winner(totals, self_scores, first_drafter, eligible=eligible)
 
-    def _call_deciders(self, proposals: list[_Proposal], scorer_names: list[str]) -> list[str]:
-        """The scorers that vote in a round deciding whether to call a tool (``tool_vote="native"``):
-        those whose own template shows the tools. Empty when every scorer votes: no such decision
-        this round, ``tool_vote="all"``, or the native scorers are none or all of them."""
+    def _call_decision(self, proposals: list[_Proposal], scorer_names: list[str]) -> _CallDecision:
+        """Who decides a round whose candidates disagree on whether to open a tool call
+        (``tool_vote="native"``): the members whose own template shows the tools. When all of their
+        drafts agree (each opens a call, or none does), the candidates on the other side are not
+        eligible; when they disagree, only their scores vote. Every other round: no restriction."""
         if self.config.tool_vote != "native" or not self.tools.calls_tools or self.tools.choice != "auto":
-            return []
+            return _CallDecision()
         accepted = self.text + self._forced
         opening = [opens_call(accepted, p.text) for p in proposals]
         if all(opening) or not any(opening):
-            return []
-        native = [name for name in scorer_names if self.sessions[name].native_tools]
+            return _CallDecision()
+        drafted = {opening[i] for i, p in enumerate(proposals) for name in p.drafters if self._native(name)}
+        if len(drafted) == 1:
+            (call,) = drafted
+            side = "a call" if call else "no call"
+            self._round_notes.append(f"call or no call: the members whose templates show the tools all drafted {side}")
+            return _CallDecision(eligible=[o == call for o in opening])
+        native = [name for name in scorer_names if self._native(name)]
         if not native or len(native) == len(scorer_names):
-            return []
-        self._round_notes.append(f"call or no call: voted by the members whose templates show the tools ({', '.join(native)})")
-        return native
+            return _CallDecision()
+        voters = ", ".join(native)
+        self._round_notes.append(f"call or no call: voted by the members whose templates show the tools ({voters})")
+        return _CallDecision(voters=native)
+
+    def _native(self, name: str) -> bool:
+        session = self.sessions.get(name)
+        return session is not None and session.native_tools
 
     def _update_policies(
         self,

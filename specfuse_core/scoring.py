@@ -233,17 +233,19 @@ def select_winner(
     *,
     lengths: Sequence[int] | None = None,
     tolerance: float = 0.0,
+    eligible: Sequence[bool] | None = None,
 ) -> int:
     """The argmax of ``totals``; ties go to the higher mean self-score, then to the earlier member.
 
     With ``lengths`` (``score_span="leading"``) a tie goes to the longer candidate first. Totals within
     ``tolerance`` of the best count as tied (scores of the same leading tokens from different batch
-    rows can differ in the last float digits).
+    rows can differ in the last float digits). With ``eligible``, only those candidates can win.
     """
-    if not totals:
+    candidates = [i for i in range(len(totals)) if eligible is None or eligible[i]]
+    if not candidates:
         raise ValueError("no candidates to select from")
-    best = max(round(t, 12) for t in totals)
-    tied = [i for i in range(len(totals)) if round(totals[i], 12) >= best - tolerance]
+    best = max(round(totals[i], 12) for i in candidates)
+    tied = [i for i in candidates if round(totals[i], 12) >= best - tolerance]
     return min(
         tied,
         key=lambda i: (

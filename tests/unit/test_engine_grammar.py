@@ -73,15 +73,48 @@ def _call_versus_prose(**config: object) -> tuple[Ensemble, object]:
     return ensemble, ensemble.generate([{"role": "user", "content": "weather?"}], tools=TOOLS)
 
 
-def test_whether_to_call_is_voted_by_the_members_whose_templates_show_the_tools():
+def test_whether_to_call_follows_the_drafts_of_the_members_whose_templates_show_the_tools():
     ensemble, result = _call_versus_prose()
     first = result.trace[0]
     assert not first.consensus and len(first.candidates) == 2
-    assert any("call or no call: voted by the members whose templates show the tools (caller)" in n for n in first.notes)
+    assert first.totals[1] > first.totals[0]  # the scores still favour the prose: the drafts decided
+    assert any("the members whose templates show the tools all drafted a call" in n for n in first.notes)
     assert first.winners == ("caller",)
     assert result.finish_reason == "tool_calls"
     assert [(c.name, c.arguments) for c in result.tool_calls] == [("f", {"a": 1})]
     assert ensemble.open_sessions == 0
+
+
+def test_a_call_drafted_only_by_a_member_without_the_tools_is_not_eligible():
+    # The tool-trained member answers in prose; the other opens a call and every score favours the call.
+    likes_calls = lambda acc, text, ends: 0.9 if "<tool_call>" in text else 0.2  # noqa: E731
+    caller = ScriptedMember("caller", drafts=[(CALL, True)], prob=likes_calls)
+    native = ScriptedMember("native", drafts=[(PROSE, True)], native_tools=True, prob=likes_calls)
+    result = Ensemble([caller, native], FusionConfig(segment_tokens=50, max_tokens=80)).generate(
+        [{"role": "user", "content": "weather?"}], tools=TOOLS
+    )
+    assert result.trace[0].totals[0] > result.trace[0].totals[1]
+    assert any("all drafted no call" in n for n in result.trace[0].notes)
+    assert result.text == PROSE and not result.tool_calls
+
+
+def test_when_the_tool_trained_members_disagree_only_their_scores_vote():
+    # Two tool-trained members split (call vs prose); a third without the tools loves the prose. Sum
+    # normalisation: the natives give the call 0.6/1.1 + 0.55/1.0 > their prose votes; the third would
+    # tip it to the prose.
+    a = ScriptedMember("a", drafts=[(CALL, True)], native_tools=True, prob=lambda acc, t, e: 0.6 if "<tool_call>" in t else 0.5)
+    b = ScriptedMember("b", drafts=[(PROSE, True)], native_tools=True, prob=lambda acc, t, e: 0.55 if "<tool_call>" in t else 0.45)
+    c = ScriptedMember("c", drafts=[(PROSE, True)], prob=lambda acc, t, e: 0.01 if "<tool_call>" in t else 0.99)
+    result = Ensemble([a, b, c], FusionConfig(segment_tokens=50, max_tokens=80)).generate(
+        [{"role": "user", "content": "weather?"}], tools=TOOLS
+    )
+    first = result.trace[0]
+    assert any("voted by the members whose templates show the tools (a, b)" in n for n in first.notes)
+    assert first.winners == ("a",) and result.finish_reason == "tool_calls"
+    everyone = Ensemble([a, b, c], FusionConfig(segment_tokens=50, max_tokens=80, tool_vote="all")).generate(
+        [{"role": "user", "content": "weather?"}], tools=TOOLS
+    )
+    assert everyone.text == PROSE
 
 
 def test_tool_vote_all_lets_every_scorer_decide_the_call():

@@ -158,3 +158,11 @@ def test_select_winner_tie_goes_to_the_longer_candidate_within_tolerance():
     assert scoring.select_winner(totals, [0.9, 0.1], [0, 1], lengths=[40, 2], tolerance=1e-6) == 0
     assert scoring.select_winner(totals, [0.9, 0.1], [0, 1], lengths=[2, 40], tolerance=1e-6) == 1
     assert scoring.select_winner([0.6, 0.4], [0.1, 0.9], [0, 1], lengths=[2, 40], tolerance=1e-6) == 0
+
+
+def test_select_winner_picks_among_eligible_candidates_only():
+    totals, self_scores, order = [0.7, 0.2, 0.1], [0.5, 0.5, 0.5], [0, 1, 2]
+    assert scoring.select_winner(totals, self_scores, order) == 0
+    assert scoring.select_winner(totals, self_scores, order, eligible=[False, True, True]) == 1
+    with pytest.raises(ValueError):
+        scoring.select_winner(totals, self_scores, order, eligible=[False, False, False])
