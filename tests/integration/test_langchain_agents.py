@@ -28,8 +28,11 @@ pytestmark = pytest.mark.slow
 # price_of(item="apple") -> 37, turn 2 calls multiply(a=12, b=37) -> 444, and turn 3 calls
 # multiply(a=12, b=444) again instead of answering; the loop goes on until the recursion limit. Telling
 # it to call each tool once, to stop after multiply, or returning "12 * 37 = 444" from multiply did
-# not change turn 3 (Qwen2.5-Coder-0.5B alone does the same). The assertions stay as the task
-# demands; strict: the day the ensemble answers, XPASS fails and this marker must go.
+# not change turn 3 (Qwen2.5-Coder-0.5B alone does the same). Since tool_vote="native" (the default)
+# every call-or-answer decision follows Qwen2.5-Coder-0.5B, the one member trained to call tools, so
+# the ensemble now does exactly what Qwen alone does (re-measured: multiply(12, 444), then
+# multiply(12, 5328)). The assertions stay as the task demands; strict: the day the ensemble
+# answers, XPASS fails and this marker must go.
 TWO_TOOL_TASK_TOO_HARD = pytest.mark.xfail(
     strict=True,
     raises=(AssertionError, GraphRecursionError),

@@ -148,17 +148,6 @@ class TestSpecFuseChatModelIntegration(_SpecFuseCapabilities, ChatModelIntegrati
         # no wall-clock limit: on a shared 2-core CPU one such answer can take over a minute.
         return {"max_tokens": 96, "segment_tokens": 8, "parallel_tool_calls": False, "timeout": None}
 
-    # Measured: with tool_choice left to the ensemble ("auto"), "What is the weather in San Francisco,
-    # CA?" gets prose: SmolLM2 wins 4 of 5 rounds with "The weather in San Francisco, CA, is a
-    # combination of the San Francisco Bay Area, ...", and Qwen2.5-Coder-0.5B alone writes the call as
-    # a ```json block instead of <tool_call> tags. The suite itself suggests xfail for a model that
-    # does not call tools reliably on its own; strict, so a passing run fails until this is removed.
-    # Every test with tool_choice="any" or a tool name passes.
-    @pytest.mark.xfail(strict=True, reason="the tiny default ensemble answers in prose under tool_choice='auto'")
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_agent_loop(self, model: SpecFuseChatModel) -> None:
-        super().test_agent_loop(model)
-
     @pytest.fixture
     def model(self, request: pytest.FixtureRequest) -> SpecFuseChatModel:
         params = {**self.standard_chat_model_params, **self.chat_model_params}
