@@ -28,8 +28,9 @@ from .tools import (
     ToolCallStreamParser,
     ToolRequest,
     add_missing_call_tag,
-    opens_call,
+    decides_tool_use,
     parse_tool_calls,
+    tool_action,
     tool_request,
 )
 from .trace import (
@@ -257,6 +258,9 @@ class _CallDecision:
 
     voters: list[str] = field(default_factory=list)
     eligible: list[bool] | None = None
+
+
+_ACTION_WORDS = {"call": "a call", "end": "the end of the answer", "text": "text"}
 
 
 class _Request:
@@ -613,27 +617,30 @@ class _Request:
         return totals, scoring.select_winner(totals, self_scores, first_drafter, eligible=eligible)
 
     def _call_decision(self, proposals: list[_Proposal], scorer_names: list[str]) -> _CallDecision:
-        """Who decides a round whose candidates disagree on whether to open a tool call
-        (``tool_vote="native"``): the members whose own template shows the tools. When all of their
-        drafts agree (each opens a call, or none does), the candidates on the other side are not
-        eligible; when they disagree, only their scores vote. Every other round: no restriction."""
+        """Who settles a round about tool use (``tool_vote="native"``): one whose candidates disagree
+        on opening a call, or on what follows a finished call (end the turn, call again, write on).
+        The members whose own template shows the tools decide: when all of their drafts take the same
+        action, candidates taking another are not eligible; when they differ, only their scores vote.
+        Every other round: no restriction."""
         if self.config.tool_vote != "native" or not self.tools.calls_tools or self.tools.choice != "auto":
             return _CallDecision()
         accepted = self.text + self._forced
-        opening = [opens_call(accepted, p.text) for p in proposals]
-        if all(opening) or not any(opening):
+        actions = [tool_action(accepted, p.text, p.ends) for p in proposals]
+        if not decides_tool_use(accepted, actions):
             return _CallDecision()
-        drafted = {opening[i] for i, p in enumerate(proposals) for name in p.drafters if self._native(name)}
+        drafted = {actions[i] for i, p in enumerate(proposals) for name in p.drafters if self._native(name)}
         if len(drafted) == 1:
-            (call,) = drafted
-            side = "a call" if call else "no call"
-            self._round_notes.append(f"call or no call: the members whose templates show the tools all drafted {side}")
-            return _CallDecision(eligible=[o == call for o in opening])
+            (action,) = drafted
+            note = f"tool use ({' / '.join(sorted(set(actions)))}): the members whose templates show the tools"
+            self._round_notes.append(f"{note} all drafted {_ACTION_WORDS[action]}")
+            return _CallDecision(eligible=[a == action for a in actions])
         native = [name for name in scorer_names if self._native(name)]
         if not native or len(native) == len(scorer_names):
             return _CallDecision()
         voters = ", ".join(native)
-        self._round_notes.append(f"call or no call: voted by the members whose templates show the tools ({voters})")
+        self._round_notes.append(
+            f"tool use ({' / '.join(sorted(set(actions)))}): voted by the members whose templates show the tools ({voters})"
+        )
         return _CallDecision(voters=native)
 
     def _native(self, name: str) -> bool:

@@ -150,6 +150,27 @@ def opens_call(accepted: str, segment: str) -> bool:
     return text.count(CALL_OPEN) > accepted.count(CALL_OPEN) or _partial_suffix(text, CALL_OPEN) >= 2
 
 
+ToolAction = Literal["call", "end", "text"]
+
+
+def tool_action(accepted: str, segment: str, ends: bool) -> ToolAction:
+    """What a candidate does next outside a call: opens a ``call``, ``end``s the answer (nothing but
+    whitespace before its end) or writes ``text``."""
+    if opens_call(accepted, segment):
+        return "call"
+    if ends and not segment.strip():
+        return "end"
+    return "text"
+
+
+def decides_tool_use(accepted: str, actions: Sequence[ToolAction]) -> bool:
+    """Whether candidates with these actions settle a question of tool use: whether to call (they
+    disagree on opening a call), or what follows a finished call (end the turn, call again or write)."""
+    if inside_call(accepted) or len(set(actions)) < 2:
+        return False
+    return "call" in actions or accepted.rstrip().endswith(CALL_CLOSE)
+
+
 _OPENING_FENCE = re.compile(r"\s*```[a-z]*[ \t]*\n")
 _CLOSING_FENCE = re.compile(r"\s*```[ \t]*(\n|$)")
 _BARE_CALL = re.compile(r'\{\s*"name"\s*:\s*"')  # also pretty-printed: {\n  "name": "

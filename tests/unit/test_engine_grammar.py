@@ -78,7 +78,9 @@ def test_whether_to_call_follows_the_drafts_of_the_members_whose_templates_show_
     first = result.trace[0]
     assert not first.consensus and len(first.candidates) == 2
     assert first.totals[1] > first.totals[0]  # the scores still favour the prose: the drafts decided
-    assert any("the members whose templates show the tools all drafted a call" in n for n in first.notes)
+    assert any(
+        "tool use (call / text): the members whose templates show the tools all drafted a call" in n for n in first.notes
+    )
     assert first.winners == ("caller",)
     assert result.finish_reason == "tool_calls"
     assert [(c.name, c.arguments) for c in result.tool_calls] == [("f", {"a": 1})]
@@ -94,7 +96,7 @@ def test_a_call_drafted_only_by_a_member_without_the_tools_is_not_eligible():
         [{"role": "user", "content": "weather?"}], tools=TOOLS
     )
     assert result.trace[0].totals[0] > result.trace[0].totals[1]
-    assert any("all drafted no call" in n for n in result.trace[0].notes)
+    assert any("all drafted text" in n for n in result.trace[0].notes)
     assert result.text == PROSE and not result.tool_calls
 
 
@@ -109,7 +111,7 @@ def test_when_the_tool_trained_members_disagree_only_their_scores_vote():
         [{"role": "user", "content": "weather?"}], tools=TOOLS
     )
     first = result.trace[0]
-    assert any("voted by the members whose templates show the tools (a, b)" in n for n in first.notes)
+    assert any("tool use (call / text): voted by the members whose templates show the tools (a, b)" in n for n in first.notes)
     assert first.winners == ("a",) and result.finish_reason == "tool_calls"
     everyone = Ensemble([a, b, c], FusionConfig(segment_tokens=50, max_tokens=80, tool_vote="all")).generate(
         [{"role": "user", "content": "weather?"}], tools=TOOLS
@@ -121,7 +123,7 @@ def test_tool_vote_all_lets_every_scorer_decide_the_call():
     _, result = _call_versus_prose(tool_vote="all")
     assert result.trace[0].winners == ("talker",)
     assert result.text == PROSE and result.finish_reason == "stop"
-    assert not any("call or no call" in n for n in result.trace[0].notes)
+    assert not any("tool use" in n for n in result.trace[0].notes)
 
 
 def test_every_scorer_votes_when_no_template_shows_the_tools():
@@ -131,7 +133,7 @@ def test_every_scorer_votes_when_no_template_shows_the_tools():
         [{"role": "user", "content": "weather?"}], tools=TOOLS
     )
     assert result.trace[0].winners == ("b",)
-    assert not any("call or no call" in n for n in result.trace[0].notes)
+    assert not any("tool use" in n for n in result.trace[0].notes)
 
 
 def test_rounds_that_do_not_decide_a_call_are_voted_by_everyone():
@@ -142,7 +144,41 @@ def test_rounds_that_do_not_decide_a_call_are_voted_by_everyone():
         [{"role": "user", "content": "weather?"}], tools=TOOLS
     )
     assert result.text == PROSE
-    assert not any("call or no call" in n for n in result.trace[0].notes)
+    assert not any("tool use" in n for n in result.trace[0].notes)
+
+
+def test_after_a_call_the_tool_trained_members_decide_whether_the_turn_ends():
+    # Round 1: both write the same call. Round 2: the tool-trained member ends the turn (the tool must
+    # run first); the other writes on about the result it cannot know, and scores its own text far higher.
+    caller = ScriptedMember(
+        "caller", drafts=[(CALL, False), ("", True)], native_tools=True,
+        prob=lambda acc, text, ends: 0.6 if not text.strip() else 0.5,
+    )  # fmt: skip
+    talker = ScriptedMember(
+        "talker", drafts=[(CALL, False), ("\nThe weather is sunny.", True)],
+        prob=lambda acc, text, ends: 0.1 if not text.strip() else 0.9,
+    )  # fmt: skip
+    messages = [{"role": "user", "content": "weather?"}]
+    result = Ensemble([caller, talker], FusionConfig(segment_tokens=50, max_tokens=80)).generate(messages, tools=TOOLS)
+    second = result.trace[1]
+    assert any("tool use (end / text)" in n and "all drafted the end of the answer" in n for n in second.notes)
+    assert result.text == CALL and result.finish_reason == "tool_calls" and result.content == ""
+    everyone = Ensemble([caller, talker], FusionConfig(segment_tokens=50, max_tokens=80, tool_vote="all"))
+    assert everyone.generate(messages, tools=TOOLS).text == CALL + "\nThe weather is sunny."
+
+
+def test_tool_actions_and_the_rounds_they_decide():
+    from specfuse_core.tools import decides_tool_use, tool_action
+
+    assert tool_action("", "<tool_call>\n{", False) == "call"
+    assert tool_action(CALL, "", True) == "end"
+    assert tool_action(CALL, " \n", True) == "end"
+    assert tool_action("", "Sunny.", True) == "text"
+    assert decides_tool_use("", ["call", "text"])
+    assert not decides_tool_use("", ["text", "end"])  # plain prose ending or going on: not about tools
+    assert decides_tool_use(CALL + "\n", ["end", "text"])  # what follows a finished call
+    assert not decides_tool_use("<tool_call>\n{", ["text", "end"])  # inside a call: the grammar's business
+    assert not decides_tool_use(CALL, ["end", "end"])
 
 
 def test_opens_call_sees_tags_and_their_first_characters_outside_calls_only():
