@@ -42,6 +42,11 @@ def test_fair_vote_options_reach_the_config():
     assert (config.score_span, config.exit_rule, config.exit_lead_z) == ("leading", "lead", 1.2)
 
 
+def test_tool_vote_reaches_the_config():
+    assert parse().tool_vote == "native"
+    assert parse("--tool-vote", "all").tool_vote == "all"
+
+
 def test_eval_takes_the_quality_harness_options():
     from benchmarks import quality
 
