@@ -252,7 +252,7 @@ class _Proposal:
 
 @dataclass(frozen=True)
 class _CallDecision:
-    """How a round that decides whether to call a tool is settled (empty: like any other round).
+    """How a round about tool use is settled (empty: like any other round).
 
     ``voters``: only these scorers' weights count. ``eligible``: only these candidates can win."""
 
