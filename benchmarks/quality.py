@@ -119,24 +119,36 @@ def run_id(member_specs: Sequence[str], max_tokens: int, segment_tokens: int) ->
 # -- the resumable response cache -------------------------------------------------------------------
 
 
-def fusion_options(config: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Every FusionConfig option of a fused configuration (validated), generation settings aside."""
+def fusion_options(
+    config: str,
+    overrides: dict[str, Any],
+    *,
+    configs: dict[str, dict[str, Any]] = FUSION_CONFIGS,
+    tool_options: bool = False,
+) -> dict[str, Any]:
+    """Every FusionConfig option of a fused configuration in ``configs`` (validated), generation
+    settings aside, and tool-only options too unless ``tool_options``."""
     from specfuse_core import FusionConfig
 
-    options = dataclasses.asdict(FusionConfig(**{**FUSION_CONFIGS[config], **overrides}))
+    options = dataclasses.asdict(FusionConfig(**{**configs[config], **overrides}))
     for generation_setting in ("extra", "temperature", "top_p", "seed", "max_tokens", "segment_tokens", "stop"):
         options.pop(generation_setting)
-    for tool_option in TOOL_ONLY_OPTIONS:
-        options.pop(tool_option)
+    if not tool_options:
+        for tool_option in TOOL_ONLY_OPTIONS:
+            options.pop(tool_option)
     return options
+
+
+def options_hash(options: dict[str, Any]) -> str:
+    """Eight hex digits that change with any option: part of a cache directory's name."""
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def cache_dirname(config: str, overrides: dict[str, Any]) -> str:
     """``specfuse+exit-1a2b3c4d``: the configuration plus a hash of all its fusion options."""
     if config not in FUSION_CONFIGS:
         return config
-    blob = json.dumps(fusion_options(config, overrides), sort_keys=True)
-    return f"{config}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+    return f"{config}-{options_hash(fusion_options(config, overrides))}"
 
 
 def parse_fusion_overrides(pairs: Sequence[str]) -> dict[str, Any]:

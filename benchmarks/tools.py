@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -45,8 +43,10 @@ from typing import Any
 from .quality import (
     FUSION_CONFIGS,
     ResponseCache,
+    fusion_options,
     loaded_on_first_use,
     member_label,
+    options_hash,
     record_from_result,
     resolve,
     run_all,
@@ -199,19 +199,9 @@ def cache_dirnames(
         if name in by_label:
             out[config] = f"{run_id([by_label[name]], max_tokens, segment_tokens)}/{config}"
         else:
-            blob = json.dumps(fusion_options(name), sort_keys=True)
-            out[config] = f"{ensemble_run}/{config}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+            options = fusion_options(name, {}, configs=TOOL_FUSION_CONFIGS, tool_options=True)
+            out[config] = f"{ensemble_run}/{config}-{options_hash(options)}"
     return out
-
-
-def fusion_options(variant: str) -> dict[str, Any]:
-    """Every FusionConfig option of an ensemble configuration, generation settings aside."""
-    from specfuse_core import FusionConfig
-
-    options = dataclasses.asdict(FusionConfig(**TOOL_FUSION_CONFIGS[variant]))
-    for generation_setting in ("extra", "temperature", "top_p", "seed", "max_tokens", "segment_tokens", "stop"):
-        options.pop(generation_setting)
-    return options
 
 
 # -- generation -----------------------------------------------------------------------------------

@@ -628,19 +628,18 @@ class _Request:
         actions = [tool_action(accepted, p.text, p.ends) for p in proposals]
         if not decides_tool_use(accepted, actions):
             return _CallDecision()
+        question = f"tool use ({' / '.join(sorted(set(actions)))})"
         drafted = {actions[i] for i, p in enumerate(proposals) for name in p.drafters if self._native(name)}
         if len(drafted) == 1:
             (action,) = drafted
-            note = f"tool use ({' / '.join(sorted(set(actions)))}): the members whose templates show the tools"
-            self._round_notes.append(f"{note} all drafted {_ACTION_WORDS[action]}")
+            note = f"the members whose templates show the tools all drafted {_ACTION_WORDS[action]}"
+            self._round_notes.append(f"{question}: {note}")
             return _CallDecision(eligible=[a == action for a in actions])
         native = [name for name in scorer_names if self._native(name)]
         if not native or len(native) == len(scorer_names):
             return _CallDecision()
-        voters = ", ".join(native)
-        self._round_notes.append(
-            f"tool use ({' / '.join(sorted(set(actions)))}): voted by the members whose templates show the tools ({voters})"
-        )
+        note = f"voted by the members whose templates show the tools ({', '.join(native)})"
+        self._round_notes.append(f"{question}: {note}")
         return _CallDecision(voters=native)
 
     def _native(self, name: str) -> bool:

@@ -219,9 +219,9 @@ class HFMember:
             return self.prompt_ids(messages, request), constraint, native_tools
 
         prompt, constraint, native_tools = await self.run(prepare)
-        session = HFSession(self, prompt, use_cache=cache, seed=seed, constraint=constraint)
-        session.native_tools = native_tools
-        return session
+        return HFSession(
+            self, prompt, use_cache=cache, seed=seed, constraint=constraint, native_tools=native_tools
+        )
 
 
 @dataclass
@@ -244,13 +244,20 @@ class HFSession:
     """One request's state in an :class:`HFMember` (see the module docstring)."""
 
     def __init__(
-        self, member: HFMember, prompt_ids: list[int], *, use_cache: bool, seed: int | None, constraint: Any = None
+        self,
+        member: HFMember,
+        prompt_ids: list[int],
+        *,
+        use_cache: bool,
+        seed: int | None,
+        constraint: Any = None,
+        native_tools: bool = False,
     ) -> None:
         self.member = member
         self.constraint = constraint  # grammar.TokenConstraint: drafts follow the request's grammar
         self.use_cache = use_cache
         self.prompt_ids = prompt_ids
-        self.native_tools = False
+        self.native_tools = native_tools  # the prompt shows the offered tools through the member's own template
         self.accepted_text = ""
         self.ids: list[int] = list(prompt_ids)
         self.usage = MemberUsage(prompt_tokens=len(prompt_ids))
