@@ -3,7 +3,8 @@
 # 120 IFEval dev prompts at --max-tokens 128, and BFCL side by side with the same configurations
 # (+grammar, --max-tokens 96). Resumable like the screen: every answer is cached per configuration
 # and prompt (the screen's first 40 prompts are reused), so running this again continues where it stopped.
-# Order: BFCL on 10 entries per category, then IFEval in steps of 8 prompts up to 120, then BFCL on 30.
+# Order: IFEval in steps of 8 prompts up to 120 (the decision needs N >= 120), then BFCL on 10 entries per
+# category, then on 30.
 # Run from the repo root:  setsid nohup nice -n 19 benchmarks/stage2_issue14.sh > /tmp/stage2.log 2>&1 &
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -19,10 +20,10 @@ bfcl() {
   echo "stage 2: BFCL $1 per category done $(date -u +%H:%M:%S)"
 }
 
-bfcl 10
 for ((n = START + STEP; n <= LIMIT; n += STEP)); do
   "$PY" -m benchmarks.quality --limit "$n" --max-tokens 128 --configs "members,specfuse,$VARIANTS" \
     --concurrency "$CONCURRENCY" --quiet
   echo "stage 2: IFEval N = $n done $(date -u +%H:%M:%S)"
 done
+bfcl 10
 bfcl 30
