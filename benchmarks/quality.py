@@ -130,7 +130,13 @@ def fusion_options(
     settings aside, and tool-only options too unless ``tool_options``."""
     from specfuse_core import FusionConfig
 
-    options = dataclasses.asdict(FusionConfig(**{**configs[config], **overrides}))
+    fusion = FusionConfig(**{**configs[config], **overrides})
+    options = dataclasses.asdict(fusion)
+    # The tie-break as it acts; the old one (self_score) stays out of the hash, so that adding the
+    # option kept every cached answer that it does not change.
+    options["tie_break"] = fusion.effective_tie_break
+    if options["tie_break"] == "self_score":
+        del options["tie_break"]
     for generation_setting in ("extra", "temperature", "top_p", "seed", "max_tokens", "segment_tokens", "stop"):
         options.pop(generation_setting)
     if not tool_options:
@@ -472,6 +478,7 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
         "final_quality_gap": {k: round(statistics.median(v), 3) if v else None for k, v in gaps.items()},
         "min_exit_entropy": {k: round(statistics.median(v), 3) if v else None for k, v in min_entropy.items()},
         "length_bias": length_bias(records),
+        "split_votes": split_votes(records, member_names),
         "lead_exit_estimate": [simulate_lead_exit(records, z) for z in (1.0, 1.645)],
     }
 
@@ -529,6 +536,37 @@ def length_bias(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                      for (low, high), (n, k) in zip(LENGTH_RATIO_BINS, bins)},  # fmt: skip
         "mean_chars": {"won": share(sum(won_chars), len(won_chars)), "lost": share(sum(lost_chars), len(lost_chars))},
     }
+
+
+def split_votes(records: Sequence[dict[str, Any]], member_names: Sequence[str]) -> dict[str, Any]:
+    """Who wins the rounds in which every scorer votes for its own draft (issue 14).
+
+    The case a fair vote is designed for: each candidate has one drafter, every scorer drafted one of
+    them, and each scorer's highest raw score goes to its own draft. Raw scores cannot settle such a
+    round; the normalisation does. A member that wins most of them casts the louder vote (its scores
+    are sharper, or its self-preference wider); a fair normalisation splits them evenly between equally
+    good members. Rounds in which the scorers agree are left out: there the vote is not in question.
+
+    - ``rounds``: how many such rounds;
+    - ``win_share[m]``: the share of them member m won.
+    """
+    wins = {m: 0 for m in member_names}
+    rounds = 0
+    for record in records:
+        for t in record.get("trace", []):
+            drafters, scorers = t.get("candidate_drafters", []), t.get("scorers", [])
+            if t.get("consensus", True) or not t.get("scores") or any(len(d) != 1 for d in drafters):
+                continue
+            own = [d[0] for d in drafters]
+            if len(own) < 2 or sorted(scorers) != sorted(own):
+                continue
+            tops = [own[max(range(len(row)), key=lambda i: row[i])] for row in t["scores"]]
+            if tops != list(scorers):
+                continue
+            rounds += 1
+            for w in t["winners"]:
+                wins[w] = wins.get(w, 0) + 1
+    return {"rounds": rounds, "win_share": {m: round(k / rounds, 4) if rounds else None for m, k in wins.items()}}
 
 
 def simulate_lead_exit(records: Sequence[dict[str, Any]], z: float, min_rounds: int = 3) -> dict[str, Any]:
@@ -643,22 +681,27 @@ def diagnostics_markdown(diag: dict[str, dict[str, Any]], comparison: dict[str, 
              "if scorers did not vote on their own drafts. Q gap = difference of the members' cumulative "
              "quality at the end of an answer, counted in rounds won (wins, the default exit_quality) or "
              "as summed aggregated scores (scores); model exit fires only once the normalised entropy of "
-             "softmax(Q) drops below exit_entropy (0.6).", "",
+             "softmax(Q) drops below exit_entropy (0.6). Own-draft splits = rounds in which every scorer's top "
+             "raw score went to its own draft (the normalisation decides them; a fair vote splits them evenly "
+             "between equally good members), and who won them.", "",
              "| configuration | contested | win share rounds 1-3 | win share rounds 4+ | self-preference | "
-             "scorers agree | decided by | mean raw score (scorer → drafter) | flip if exclude-self | "
-             "final Q gap (median) | min exit entropy (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "scorers agree | decided by | own-draft splits won | mean raw score (scorer → drafter) | "
+             "flip if exclude-self | final Q gap (median) | min exit entropy (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def fmt(d: dict[str, Any]) -> str:
         return ", ".join(f"{k}: {_pct(v)}%" for k, v in d.items())
 
     for config, d in diag.items():
         phases = d["win_share_by_phase"]
+        split = d.get("split_votes") or {"rounds": 0, "win_share": {}}
+        splits = ", ".join(f"{k}: {_pct(v)}%" for k, v in split["win_share"].items() if v is not None)
+        splits = f"{splits} ({split['rounds']})" if split["rounds"] else "–"
         raw = "; ".join(f"{j} → " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None)
                         for j, row in d["mean_raw_score"].items())  # fmt: skip
         lines.append(
             f"| {config} | {d['contested_rounds']} | {fmt(phases['rounds 1-3'])} | {fmt(phases['rounds 4+'])} | "
-            f"{fmt(d['self_preference'])} | {_pct(d['scorer_agreement'])}% | {fmt(d['decided_by'])} | {raw} | "
+            f"{fmt(d['self_preference'])} | {_pct(d['scorer_agreement'])}% | {fmt(d['decided_by'])} | {splits} | {raw} | "
             f"{_pct(d['flip_if_exclude_self'])}% | {_by_kind(d['final_quality_gap'])} | "
             f"{_by_kind(d['min_exit_entropy'])} |"
         )

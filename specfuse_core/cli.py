@@ -15,6 +15,7 @@ from .config import (
     NORMALIZATIONS,
     SCORE_MODES,
     SCORE_SPANS,
+    TIE_BREAKS,
     TOOL_VOTES,
     WEIGHT_SCHEDULES,
     FusionConfig,
@@ -48,6 +49,9 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
         "each scorer's typical margin), rank (Borda)"))  # fmt: skip
     parser.add_argument("--score-span", choices=SCORE_SPANS, default="full",
                         help="score all tokens (full) or the shortest candidate's leading tokens (leading)")  # fmt: skip
+    parser.add_argument("--tie-break", choices=TIE_BREAKS, default=None, help=(
+        "who wins tied scores: the most self-confident member (self_score) or a fair coin seeded by the "
+        "candidates (coin); default coin with calibrated and rank, else self_score"))  # fmt: skip
     parser.add_argument("--softmax-temperature", type=float, default=1.0, help="temperature of --normalize softmax")
     parser.add_argument("--exclude-self", action="store_true", help="a scorer does not vote for its own draft")
     parser.add_argument("--no-kv-cache", action="store_true", help="re-read the whole context every round (baseline)")
@@ -159,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         normalize=args.normalize,
         softmax_temperature=args.softmax_temperature,
         score_span=args.score_span,
+        tie_break=args.tie_break,
         exclude_self_scores=args.exclude_self,
         cache=not args.no_kv_cache,
         exit=args.exit,

@@ -16,6 +16,7 @@ WeightSchedule = Literal["1/t", "1/sqrt(t)"]
 ExitQuality = Literal["wins", "scores"]
 ExitRule = Literal["entropy", "lead"]
 ToolVote = Literal["native", "all"]
+TieBreak = Literal["self_score", "coin"]
 
 SCORE_MODES: tuple[str, ...] = ("mean_prob", "mean_logprob", "mean_logit")
 NORMALIZATIONS: tuple[str, ...] = ("sum", "softmax", "ratio", "calibrated", "rank")
@@ -24,6 +25,9 @@ EXIT_RULES: tuple[str, ...] = ("entropy", "lead")
 WEIGHT_SCHEDULES: tuple[str, ...] = ("1/t", "1/sqrt(t)")
 EXIT_QUALITIES: tuple[str, ...] = ("wins", "scores")
 TOOL_VOTES: tuple[str, ...] = ("native", "all")
+TIE_BREAKS: tuple[str, ...] = ("self_score", "coin")
+FAIR_NORMALIZATIONS: tuple[str, ...] = ("calibrated", "rank")
+"""Normalisations meant to give every scorer an equally loud vote: their ties break by ``coin``."""
 
 DEFAULT_DRAFT_TEMPERATURE = 0.6
 DEFAULT_DRAFT_TOP_P = 0.9
@@ -50,6 +54,13 @@ class FusionConfig:
     candidate over the shortest candidate's token count (per scorer) and breaks ties towards the
     longer candidate, which removes the mean score's preference for short candidates.
 
+    ``tie_break``: who wins a round whose aggregated scores tie. ``self_score`` gives it to the
+    candidate whose drafters scored it highest (the most self-confident member), then to the earlier
+    member; ``coin`` to a fair coin seeded by the candidates' texts (reproducible, favouring no member).
+    ``None`` (default) means ``coin`` with ``calibrated`` and ``rank``, whose votes tie by design when
+    every scorer prefers its own draft by its typical margin (always so in a request's first contested
+    round), and ``self_score`` otherwise. ``score_span="leading"`` prefers the longer candidate first.
+
     ``exit_rule``: ``entropy`` (algorithm.md §4) or ``lead``: after ``exit_min_rounds`` verified
     rounds ``t``, a member exits when the leader's ``Q`` exceeds its own by at least
     ``exit_lead_z · sqrt(t)``, a lead significant for the number of rounds played (with ``wins``, a
@@ -72,6 +83,7 @@ class FusionConfig:
     normalize: Normalization = "sum"
     softmax_temperature: float = 1.0
     score_span: ScoreSpan = "full"
+    tie_break: TieBreak | None = None
     exclude_self_scores: bool = False
     cache: bool = True
     # Model exit (algorithm.md §4).
@@ -112,6 +124,8 @@ class FusionConfig:
             raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
         if self.score_span not in SCORE_SPANS:
             raise ConfigError(f"score_span must be one of {', '.join(SCORE_SPANS)}, got {self.score_span!r}")
+        if self.tie_break is not None and self.tie_break not in TIE_BREAKS:
+            raise ConfigError(f"tie_break must be one of {', '.join(TIE_BREAKS)} or None, got {self.tie_break!r}")
         if self.exit_rule not in EXIT_RULES:
             raise ConfigError(f"exit_rule must be one of {', '.join(EXIT_RULES)}, got {self.exit_rule!r}")
         if self.exit_quality not in EXIT_QUALITIES:
@@ -150,6 +164,13 @@ class FusionConfig:
         if self.top_p is not None:
             return float(self.top_p)
         return DEFAULT_DRAFT_TOP_P if self.temperature is None else 1.0
+
+    @property
+    def effective_tie_break(self) -> TieBreak:
+        """``tie_break``, with ``None`` resolved: ``coin`` for the fair normalisations, else ``self_score``."""
+        if self.tie_break is not None:
+            return self.tie_break
+        return "coin" if self.normalize in FAIR_NORMALIZATIONS else "self_score"
 
     def replace(self, **changes: Any) -> FusionConfig:
         """A copy with ``changes`` applied (``None`` values are ignored), validated again."""

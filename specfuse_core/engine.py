@@ -607,14 +607,18 @@ class _Request:
             values = [s for s in own if s is not None]
             self_scores.append(sum(values) / len(values) if values else float("-inf"))
         first_drafter = [min(self.order[name] for name in p.drafters) for p in proposals]
-        eligible = decision.eligible
-        if config.score_span == "leading":
-            lengths = [len(p.text) + p.ends for p in proposals]
-            winner = scoring.select_winner(
-                totals, self_scores, first_drafter, lengths=lengths, tolerance=1e-6, eligible=eligible
-            )
-            return totals, winner
-        return totals, scoring.select_winner(totals, self_scores, first_drafter, eligible=eligible)
+        coin = [scoring.coin_key(p.text) for p in proposals] if config.effective_tie_break == "coin" else None
+        leading = config.score_span == "leading"
+        winner = scoring.select_winner(
+            totals,
+            self_scores,
+            first_drafter,
+            lengths=[len(p.text) + p.ends for p in proposals] if leading else None,
+            tolerance=1e-6 if leading else 0.0,
+            eligible=decision.eligible,
+            coin=coin,
+        )
+        return totals, winner
 
     def _call_decision(self, proposals: list[_Proposal], scorer_names: list[str]) -> _CallDecision:
         """Who settles a round about tool use (``tool_vote="native"``): one whose candidates disagree

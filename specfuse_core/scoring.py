@@ -20,6 +20,7 @@ Normalisations (``FusionConfig.normalize``), each one scorer's row ``s_j`` → `
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -226,6 +227,15 @@ def aggregate(normalized: Sequence[Sequence[float]], weights: Sequence[float]) -
     return [sum(w * row[i] for w, row in zip(weights, normalized)) for i in range(n_candidates)]
 
 
+def coin_key(text: str) -> bytes:
+    """A fair coin for ties (``tie_break="coin"``): the tied candidate with the smallest key wins.
+
+    SHA-256 of the candidate's text: uniform over candidates, so no member is favoured in expectation,
+    and the same candidates always give the same winner (greedy answers stay reproducible).
+    """
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
 def select_winner(
     totals: Sequence[float],
     self_scores: Sequence[float],
@@ -234,12 +244,15 @@ def select_winner(
     lengths: Sequence[int] | None = None,
     tolerance: float = 0.0,
     eligible: Sequence[bool] | None = None,
+    coin: Sequence[bytes] | None = None,
 ) -> int:
     """The argmax of ``totals``; ties go to the higher mean self-score, then to the earlier member.
 
-    With ``lengths`` (``score_span="leading"``) a tie goes to the longer candidate first. Totals within
-    ``tolerance`` of the best count as tied (scores of the same leading tokens from different batch
-    rows can differ in the last float digits). With ``eligible``, only those candidates can win.
+    With ``lengths`` (``score_span="leading"``) a tie goes to the longer candidate first. With ``coin``
+    (``tie_break="coin"``, one :func:`coin_key` per candidate) a remaining tie goes to the smallest key
+    instead of the self-score. Totals within ``tolerance`` of the best count as tied (scores of the same
+    leading tokens from different batch rows can differ in the last float digits). With ``eligible``,
+    only those candidates can win.
     """
     candidates = [i for i in range(len(totals)) if eligible is None or eligible[i]]
     if not candidates:
@@ -250,6 +263,7 @@ def select_winner(
         tied,
         key=lambda i: (
             -(lengths[i] if lengths is not None else 0),
+            coin[i] if coin is not None else b"",
             -round(self_scores[i], 12),
             first_drafter[i],
         ),

@@ -96,6 +96,7 @@ _FUSION_FIELDS: dict[str, str] = {
     "normalize": "normalize",
     "softmax_temperature": "softmax_temperature",
     "score_span": "score_span",
+    "tie_break": "tie_break",
     "exclude_self_scores": "exclude_self_scores",
     "kv_cache": "cache",
     "exit": "exit",
@@ -354,6 +355,8 @@ class SpecFuseChatModel(BaseChatModel):
     normalize: Literal["sum", "softmax", "ratio", "calibrated", "rank"] | None = None
     softmax_temperature: float | None = None
     score_span: Literal["full", "leading"] | None = None
+    tie_break: Literal["self_score", "coin"] | None = None
+    """``FusionConfig.tie_break``: who wins tied scores (default: ``coin`` with calibrated/rank)."""
     exclude_self_scores: bool | None = None
     kv_cache: bool | None = None
     """``FusionConfig.cache``: keep KV caches across rounds (``cache`` is LangChain's own option)."""

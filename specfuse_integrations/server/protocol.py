@@ -21,7 +21,7 @@ from specfuse_core import FusionResult, SegmentEvent
 # FusionConfig fields a request may set through the non-OpenAI ``specfuse`` object. Server-wide
 # state (keep_weights) and internals (extra) stay with the operator.
 REQUEST_FUSION_OPTIONS = frozenset({
-    "segment_tokens", "score_mode", "normalize", "softmax_temperature", "score_span", "exclude_self_scores",
+    "segment_tokens", "score_mode", "normalize", "softmax_temperature", "score_span", "tie_break", "exclude_self_scores",
     "cache", "exit", "exit_min_rounds", "exit_temperature", "exit_entropy", "exit_share", "exit_quality",
     "exit_rule", "exit_lead_z", "weights", "weights_eta0", "weights_schedule", "tool_vote",
 })  # fmt: skip

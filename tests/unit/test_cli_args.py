@@ -42,6 +42,11 @@ def test_fair_vote_options_reach_the_config():
     assert (config.score_span, config.exit_rule, config.exit_lead_z) == ("leading", "lead", 1.2)
 
 
+def test_tie_break_reaches_the_config():
+    assert parse().tie_break is None and parse("--normalize", "calibrated").effective_tie_break == "coin"
+    assert parse("--normalize", "calibrated", "--tie-break", "self_score").effective_tie_break == "self_score"
+
+
 def test_tool_vote_reaches_the_config():
     assert parse().tool_vote == "native"
     assert parse("--tool-vote", "all").tool_vote == "all"

@@ -2,11 +2,13 @@
 trimming only drafts that ended inside a word, leading-token scoring, and exit on a significant lead."""
 
 import math
+import random
 
 import pytest
 
 from scripted import ScriptedMember, ScriptedSession
-from specfuse_core import Ensemble, FusionConfig
+from specfuse_core import Ensemble, FusionConfig, scoring
+from specfuse_core.errors import ConfigError
 from specfuse_core.member import TokenScores
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -32,6 +34,45 @@ def test_sum_lets_the_sharp_scorer_win_every_round_and_calibrated_makes_it_a_tie
     # e/(1+e) for their own draft, so the totals tie at 0.5 (the tie-break then decides).
     for event in calibrated.trace[:3]:
         assert event.totals == pytest.approx((0.5, 0.5))
+
+
+def test_calibrated_ties_go_to_a_fair_coin_not_to_the_more_self_confident_member():
+    # Each round ties (above). The self-score tie-break hands every tie to the sharp member, the bias
+    # calibrated exists to remove; the default for calibrated (and rank) is a coin seeded by the texts.
+    def members() -> list[ScriptedMember]:  # sharp_and_flat, with drafts on which the coin picks flat
+        sharp = ScriptedMember("sharp", [("sharp y", False)] * 3 + [("end", True)], prob=own_fan("sharp", 0.77, 0.63))
+        flat = ScriptedMember("flat", [("flat y", False)] * 3 + [("end", True)], prob=own_fan("flat", 0.672, 0.645))
+        return [sharp, flat]
+
+    assert scoring.coin_key("flat y") < scoring.coin_key("sharp y")
+    by_self = Ensemble(members(), FusionConfig(temperature=0, normalize="calibrated", tie_break="self_score"))
+    assert [e.winners for e in by_self.generate(MESSAGES).trace[:3]] == [("sharp",)] * 3
+    by_coin = Ensemble(members(), FusionConfig(temperature=0, normalize="calibrated")).generate(MESSAGES)
+    assert [e.totals for e in by_coin.trace[:3]] == [pytest.approx((0.5, 0.5))] * 3
+    assert [e.winners for e in by_coin.trace[:3]] == [("flat",)] * 3
+    assert FusionConfig(normalize="calibrated").effective_tie_break == "coin"
+    assert FusionConfig(normalize="rank").effective_tie_break == "coin"
+    assert FusionConfig().effective_tie_break == "self_score"
+    assert FusionConfig(tie_break="coin").effective_tie_break == "coin"
+    with pytest.raises(ConfigError, match="tie_break must be one of self_score, coin"):
+        FusionConfig(tie_break="random")
+
+
+def test_coin_favours_no_position_and_only_breaks_ties():
+    rng = random.Random(7)
+    texts = ["".join(rng.choice("abcdefgh ") for _ in range(12)) for _ in range(2000)]
+    first_wins = sum(
+        scoring.select_winner([0.5, 0.5], [0.9, 0.1], [0, 1], coin=[scoring.coin_key(a), scoring.coin_key(b)]) == 0
+        for a, b in zip(texts[::2], texts[1::2])
+    )
+    assert 450 <= first_wins <= 550  # 1000 fair flips: 4.7 standard deviations either side
+    keys = [scoring.coin_key("x"), scoring.coin_key("y")]
+    assert scoring.select_winner([0.4, 0.6], [0.9, 0.1], [0, 1], coin=keys) == 1  # no tie: the argmax
+    low = min((0, 1), key=lambda i: keys[i])
+    assert scoring.select_winner([0.5, 0.5], [0.9, 0.1], [0, 1], coin=keys) == low
+    # score_span="leading": the longer candidate first, then the coin
+    assert scoring.select_winner([0.5, 0.5], [0.9, 0.1], [0, 1], lengths=[3, 9], coin=keys) == 1
+    assert scoring.select_winner([0.5, 0.5], [0.9, 0.1], [0, 1], lengths=[9, 3], coin=keys) == 0
 
 
 def test_calibrated_state_is_kept_per_request_and_across_requests_with_keep_weights():

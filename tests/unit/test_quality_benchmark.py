@@ -276,6 +276,11 @@ def test_fusion_overrides_and_cache_directories():
     assert plain.startswith("specfuse-") and exiting.startswith("specfuse+exit-") and plain[-8:] != exiting[-8:]
     assert quality.cache_dirname("specfuse", {"score_mode": "mean_logprob"}) != plain
     assert quality.cache_dirname("specfuse", {}) == plain  # stable
+    # tie_break enters the hash only where it acts as the new coin (calibrated, rank), so answers cached
+    # before the option existed stay valid for every other configuration
+    assert "tie_break" not in quality.fusion_options("specfuse", {})
+    assert quality.fusion_options("specfuse+calibrated", {})["tie_break"] == "coin"
+    assert "tie_break" not in quality.fusion_options("specfuse+calibrated", {"tie_break": "self_score"})
     cache = quality.ResponseCache("/r", {"specfuse": plain})
     assert str(cache.path("specfuse", 7)) == f"/r/{plain}/7.json"
 
@@ -341,3 +346,25 @@ def test_lead_exit_replay_estimates_calls() -> None:
     assert estimate == {"z": 1.645, "answers": 2, "fired": 0.5, "calls_ratio": round((14 + 24) / (20 + 24), 4),
                         "median_round": 3}  # fmt: skip
     assert quality.simulate_lead_exit([close], 1.0)["fired"] == 0.0
+
+
+def test_split_votes_count_only_rounds_where_every_scorer_prefers_its_own_draft() -> None:
+    def round_(scores, winner, scorers=("a", "b"), drafters=(["a"], ["b"])):
+        return {"consensus": False, "scorers": list(scorers), "scores": scores, "winners": list(drafters)[winner],
+                "candidate_drafters": list(drafters)}  # fmt: skip
+
+    trace = [
+        round_([[0.9, 0.5], [0.4, 0.6]], 0),  # split (a: own, b: own), a wins
+        round_([[0.7, 0.5], [0.2, 0.8]], 1),  # split, b wins
+        round_([[0.6, 0.5], [0.3, 0.9]], 1),  # split, b wins
+        round_([[0.4, 0.6], [0.3, 0.9]], 1),  # both prefer b's draft: not a split
+        round_([[0.9, 0.5], [0.4, 0.6]], 0, scorers=("b", "a")),  # rows swapped: each prefers the other's draft
+        round_([[0.9, 0.5], [0.4, 0.6]], 0, drafters=(["a", "b"], ["c"])),  # a shared candidate
+        {"consensus": True, "winners": ["a", "b"], "candidate_drafters": [["a", "b"]]},
+    ]
+    split = quality.split_votes([{"trace": trace}], ["a", "b"])
+    assert split == {"rounds": 3, "win_share": {"a": pytest.approx(1 / 3, abs=1e-4), "b": pytest.approx(2 / 3, abs=1e-4)}}
+    assert quality.split_votes([], ["a", "b"]) == {"rounds": 0, "win_share": {"a": None, "b": None}}
+    diag = quality.diagnostics([{"trace": trace}], ["a", "b"])
+    assert diag["split_votes"]["rounds"] == 3
+    assert "a: 33.3%, b: 66.7% (3)" in quality.diagnostics_markdown({"specfuse": diag}, {})
