@@ -694,9 +694,8 @@ def diagnostics_markdown(diag: dict[str, dict[str, Any]], comparison: dict[str, 
 
     for config, d in diag.items():
         phases = d["win_share_by_phase"]
-        split = d.get("split_votes") or {"rounds": 0, "win_share": {}}
-        splits = ", ".join(f"{k}: {_pct(v)}%" for k, v in split["win_share"].items() if v is not None)
-        splits = f"{splits} ({split['rounds']})" if split["rounds"] else "–"
+        split = d["split_votes"]
+        splits = f"{fmt(split['win_share'])} ({split['rounds']})" if split["rounds"] else "–"
         raw = "; ".join(f"{j} → " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None)
                         for j, row in d["mean_raw_score"].items())  # fmt: skip
         lines.append(

@@ -59,7 +59,8 @@ class FusionConfig:
     member; ``coin`` to a fair coin seeded by the candidates' texts (reproducible, favouring no member).
     ``None`` (default) means ``coin`` with ``calibrated`` and ``rank``, whose votes tie by design when
     every scorer prefers its own draft by its typical margin (as in a request's first contested round,
-    when each prefers its own), and ``self_score`` otherwise. ``score_span="leading"`` prefers the longer candidate first.
+    when each prefers its own), and ``self_score`` otherwise. ``score_span="leading"`` prefers the
+    longer candidate first.
 
     ``exit_rule``: ``entropy`` (algorithm.md §4) or ``lead``: after ``exit_min_rounds`` verified
     rounds ``t``, a member exits when the leader's ``Q`` exceeds its own by at least
