@@ -53,6 +53,8 @@ FUSION_CONFIGS: dict[str, dict[str, Any]] = {
     "specfuse+calibrated+exit": {"normalize": "calibrated", "exit": True, "exit_rule": "lead"},
     "specfuse+logit+exit": {"score_mode": "mean_logit", "exit": True, "exit_rule": "lead"},
     "specfuse+lead-exit": {"exit": True, "exit_rule": "lead"},
+    # Exit across requests: answered one at a time in prompt order (each answer depends on the ones before).
+    "specfuse+keep-exit": {"exit": True, "exit_rule": "lead", "keep_exits": True, "exit_lead_z": 3.0},
 }
 DEFAULT_CONFIGS = ("specfuse", "specfuse+exit", "specfuse+weights", "specfuse+exit+weights")  # "all"
 MEMBERS_ALIAS = "members"  # in --configs: every member alone
@@ -219,18 +221,21 @@ def run_all(
     the same members differently must not run at the same time (their threads would oversubscribe).
     """
     pairs = [(row, config) for row in prompts for config in configs]  # prompt-major: the order of a sequential run
+    answered: dict[tuple[int, str], dict[str, Any]] = {}
 
-    def one(row: dict[str, Any], config: str) -> tuple[dict[str, Any], str]:
+    def one(index: int, config: str) -> tuple[dict[str, Any], str]:
+        row = prompts[index]
         record = cache.get(config, row["key"])
         if record is not None:
             return record, "cached"
-        record = answer(config, row)
+        if keeps_exits(config):
+            record = answer(config, row, earlier=[answered[(i, config)] for i in range(index)])
+        else:
+            record = answer(config, row)
         record.setdefault("key", row["key"])
         record.setdefault("config", config)
         cache.put(config, row["key"], record)
         return record, "new"
-
-    answered: dict[tuple[int, str], dict[str, Any]] = {}
 
     def note(index: int, config: str, record: dict[str, Any], status: str) -> None:
         answered[(index, config)] = record
@@ -239,16 +244,20 @@ def run_all(
                 f"rounds={record.get('rounds')} {record.get('seconds', 0):.1f}s")  # fmt: skip
 
     if concurrency <= 1:
-        for index, row in enumerate(prompts):
+        for index in range(len(prompts)):
             for config in configs:
-                note(index, config, *one(row, config))
+                note(index, config, *one(index, config))
     else:
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="answer")
         try:
             for config in configs:
-                futures = [pool.submit(one, row, config) for row in prompts]
+                if keeps_exits(config):
+                    for index in range(len(prompts)):
+                        note(index, config, *one(index, config))
+                    continue
+                futures = [pool.submit(one, index, config) for index in range(len(prompts))]
                 for index, future in enumerate(futures):
                     note(index, config, *future.result())
         finally:
@@ -257,17 +266,44 @@ def run_all(
     return records
 
 
+def keeps_exits(config: str) -> bool:
+    """Whether ``config`` carries model exit across requests: its answers must come in prompt order."""
+    return bool(FUSION_CONFIGS.get(config, {}).get("keep_exits"))
+
+
+def exit_evidence_from_records(records: Iterable[dict[str, Any]]) -> Any:
+    """The :class:`~specfuse_core.policies.ExitEvidence` an ensemble with ``keep_exits`` (``exit_quality``
+    wins) holds after answering ``records``: rounds won per member over the verified rounds (those with
+    several candidates), and the members that exited on a significant lead. A resumed run starts from it."""
+    from specfuse_core.policies import ExitEvidence
+
+    evidence = ExitEvidence()
+    for record in records:
+        wins: dict[str, float] = {}
+        rounds = 0
+        for t in record.get("trace", []):
+            if t.get("candidates", 0) > 1:
+                rounds += 1
+                for name in t["winners"]:
+                    wins[name] = wins.get(name, 0.0) + 1
+        evidence = evidence.add(wins, rounds)
+        for x in record.get("exits", []):
+            if x["reason"].startswith("significant lead") and x["member"] not in evidence.exited:
+                evidence = evidence.with_exit(x["member"], x["reason"])
+    return evidence
+
+
 def loaded_on_first_use(load: Any) -> Any:
     """``answer(config, row)`` that calls ``load()`` (which loads the models and returns the real
     answerer) only when something is missing, and only once even when answers run in several threads."""
     answerer: list[Any] = []
     lock = threading.Lock()
 
-    def answer(config: str, row: dict[str, Any]) -> dict[str, Any]:
+    def answer(config: str, row: dict[str, Any], **context: Any) -> dict[str, Any]:
         with lock:
             if not answerer:
                 answerer.append(load())
-        return answerer[0](config, row)
+        return answerer[0](config, row, **context)
 
     return answer
 
@@ -318,11 +354,14 @@ def make_answerer(member_specs: Sequence[str], args: argparse.Namespace) -> Any:
     base = FusionConfig(temperature=0, max_tokens=args.max_tokens, segment_tokens=args.segment_tokens)
     overrides = parse_fusion_overrides(args.fusion or [])
 
-    def answer(config: str, row: dict[str, Any]) -> dict[str, Any]:
+    def answer(config: str, row: dict[str, Any], earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """``earlier``: this configuration's answers to the prompts before (for ``keep_exits``)."""
         if config in by_label:
             ensemble = Ensemble([by_label[config]], base)
         else:
             ensemble = Ensemble(members, base.replace(**{**FUSION_CONFIGS[config], **overrides}))
+            if keeps_exits(config):
+                ensemble.exit_evidence = exit_evidence_from_records(earlier)
         messages = [{"role": "user", "content": row["prompt"]}]
         start = time.perf_counter()
         result = ensemble.generate(messages)
@@ -579,11 +618,13 @@ def simulate_lead_exit(records: Sequence[dict[str, Any]], z: float, min_rounds: 
 
     - ``fired``: share of answers in which the rule fires (two-member answers only);
     - ``calls_ratio``: estimated member calls with exit / calls without exit;
-    - ``median_round``: median round index at which it fires.
+    - ``median_round``: median round index at which it fires;
+    - ``exited_later_wins``: of the contested rounds after the exit, the share the exited member's
+      draft won in the answer without exit (how often the lead it lost on did not last).
     """
     from specfuse_core import policies
 
-    simulated = actual = fired = answers = 0
+    simulated = actual = fired = answers = later = later_won = 0
     rounds_fired: list[int] = []
     for record in records:
         trace = record.get("trace", [])
@@ -592,15 +633,16 @@ def simulate_lead_exit(records: Sequence[dict[str, Any]], z: float, min_rounds: 
             continue
         answers += 1
         wins = dict.fromkeys(members, 0.0)
-        verified, exit_at = 0, None
+        verified, exit_at, exited = 0, None, ""
         for index, t in enumerate(trace):
             if t.get("consensus", True) or t["winners"] not in t.get("candidate_drafters", []):
                 continue
             verified += 1
             for m in t["winners"]:
                 wins[m] = wins.get(m, 0.0) + 1
-            if policies.decide_exits_by_lead([wins[m] for m in members], verified, min_rounds=min_rounds, z=z).exiting:
-                exit_at = index
+            decision = policies.decide_exits_by_lead([wins[m] for m in members], verified, min_rounds=min_rounds, z=z)
+            if decision.exiting:
+                exit_at, exited = index, members[decision.exiting[0]]
                 break
         calls = [t.get("calls", 0) for t in trace]
         actual += sum(calls)
@@ -610,12 +652,17 @@ def simulate_lead_exit(records: Sequence[dict[str, Any]], z: float, min_rounds: 
             fired += 1
             rounds_fired.append(exit_at + 1)
             simulated += sum(calls[: exit_at + 1]) + (len(trace) - exit_at - 1)
+            for t in trace[exit_at + 1:]:
+                if not t.get("consensus", True) and t["winners"] in t.get("candidate_drafters", []):
+                    later += 1
+                    later_won += exited in t["winners"]
     return {
         "z": z,
         "answers": answers,
         "fired": round(fired / answers, 4) if answers else None,
         "calls_ratio": round(simulated / actual, 4) if actual else None,
         "median_round": statistics.median(rounds_fired) if rounds_fired else None,
+        "exited_later_wins": round(later_won / later, 4) if later else None,
     }
 
 
@@ -644,14 +691,16 @@ def length_bias_markdown(diag: dict[str, dict[str, Any]]) -> str:
     if estimates:
         lines += ["", "## Exit on a significant lead, replayed on these answers (estimate)", "",
                   "Where `exit_rule=lead` would have fired (lead ≥ z·sqrt(t) after t ≥ 3 verified rounds) and the "
-                  "member calls it would have saved, counting one call per round after the exit.", "",
-                  "| configuration | z | answers | fired | median round | calls ratio |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "member calls it would have saved, counting one call per round after the exit. Exited member's "
+                  "later wins: of the contested rounds after that point, the share its draft won without exit.", "",
+                  "| configuration | z | answers | fired | median round | calls ratio | exited member's later wins |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for config, rows in estimates.items():
             for e in rows:
                 fired = "–" if e["fired"] is None else f"{_pct(e['fired'])}%"
+                later = "–" if e.get("exited_later_wins") is None else f"{_pct(e['exited_later_wins'])}%"
                 lines.append(f"| {config} | {e['z']} | {e['answers']} | {fired} | {e['median_round']} | "
-                             f"{e['calls_ratio']} |")  # fmt: skip
+                             f"{e['calls_ratio']} | {later} |")  # fmt: skip
     lines.append("")
     return "\n".join(lines)
 

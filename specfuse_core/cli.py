@@ -66,12 +66,16 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
                         help="entropy of softmax(Q) (default) or a lead of exit_lead_z * sqrt(rounds)")  # fmt: skip
     parser.add_argument("--exit-lead-z", type=float, default=1.645,
                         help="--exit-rule lead: the lead needed, in sqrt(verified rounds) (default 1.645)")  # fmt: skip
+    parser.add_argument("--keep-exits", action="store_true", help=(
+        "with --exit --exit-rule lead: Q adds up across requests and a member that exits stays out of later "
+        "ones (specfuse serve; use a stricter --exit-lead-z, e.g. 3)"))  # fmt: skip
     parser.add_argument("--tool-vote", choices=TOOL_VOTES, default="native", help=(
         "with --tools: who votes on whether to call a tool: the members whose templates show the tools "
         "(native, default) or every member (all)"))  # fmt: skip
     parser.add_argument("--weights", action="store_true", help="online (Hedge) weights over scorers")
     parser.add_argument("--weights-eta0", type=float, default=1.0, help="Hedge learning rate η0 (default 1)")
     parser.add_argument("--weights-schedule", choices=WEIGHT_SCHEDULES, default="1/t", help="η_t decay (default 1/t)")
+    parser.add_argument("--keep-weights", action="store_true", help="carry weights (and calibrated scales) across requests")
     parser.add_argument("--device", help="device for local members (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--dtype", help="dtype for local members (float32, bfloat16, float16)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="auto", help=(
@@ -174,9 +178,11 @@ def config_from_args(args: argparse.Namespace) -> FusionConfig:
         exit_quality=args.exit_quality,
         exit_rule=args.exit_rule,
         exit_lead_z=args.exit_lead_z,
+        keep_exits=args.keep_exits,
         weights=args.weights,
         weights_eta0=args.weights_eta0,
         weights_schedule=args.weights_schedule,
+        keep_weights=args.keep_weights,
         tool_vote=args.tool_vote,
     )
 

@@ -67,6 +67,11 @@ class FusionConfig:
     ``exit_lead_z · sqrt(t)``, a lead significant for the number of rounds played (with ``wins``, a
     one-sided z-test against evenly matched members; 1.645 is the 5% level).
 
+    ``keep_exits`` (with ``exit_rule="lead"``): model exit across requests. ``Q`` and the verified
+    rounds add up over the ensemble's requests, and a member that exits stays out of later requests
+    (its reason is in each later result's ``exits``) until :meth:`Ensemble.readmit`. Rounds of one
+    answer are not independent, so ask for a stricter lead (``exit_lead_z=3``) than within a request.
+
     ``tool_vote``: with tools offered under ``tool_choice="auto"``, a round whose candidates disagree on
     whether to open a tool call decides exactly that. ``native`` (default) lets only the scorers whose
     own chat template shows the tools (models trained to call them) vote in such a round, when at least
@@ -96,6 +101,7 @@ class FusionConfig:
     exit_quality: ExitQuality = "wins"
     exit_rule: ExitRule = "entropy"
     exit_lead_z: float = 1.645
+    keep_exits: bool = False
     # Online weights (algorithm.md §5).
     weights: bool = False
     weights_eta0: float = 1.0
@@ -132,6 +138,11 @@ class FusionConfig:
         if self.exit_quality not in EXIT_QUALITIES:
             raise ConfigError(
                 f"exit_quality must be one of {', '.join(EXIT_QUALITIES)}, got {self.exit_quality!r}"
+            )
+        if self.keep_exits and self.exit and self.exit_rule != "lead":
+            raise ConfigError(
+                "keep_exits needs exit_rule='lead' (the entropy rule's softmax(Q) sharpens without end "
+                "as Q adds up across requests)"
             )
         if self.tool_vote not in TOOL_VOTES:
             raise ConfigError(f"tool_vote must be one of {', '.join(TOOL_VOTES)}, got {self.tool_vote!r}")

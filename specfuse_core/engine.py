@@ -9,6 +9,7 @@ weights (§5) run after each verified round when switched on.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,10 +84,29 @@ class Ensemble:
         self.config = config or FusionConfig()
         self.weights: dict[str, float] = _uniform_weights(self.members)
         self.margin_scales: dict[str, scoring.MarginScale] = {}  # normalize="calibrated", with keep_weights
+        self.exit_evidence = policies.ExitEvidence()  # exit with keep_exits
+        self._evidence_lock = threading.Lock()
         self._open_sessions = 0
         local = [m for m in self.members if hasattr(m, "use_worker")]
         self.schedule: Schedule = schedule
         self.placements: tuple[Placement, ...] = tuple(assign(local, schedule)) if local else ()  # type: ignore[arg-type]
+
+    def readmit(self) -> None:
+        """Forget model exit's evidence kept across requests (``keep_exits``): every member takes part
+        in the next request again and ``Q`` starts from zero."""
+        with self._evidence_lock:
+            self.exit_evidence = policies.ExitEvidence()
+
+    def _add_exit_evidence(self, quality: Mapping[str, float], rounds: int) -> None:
+        with self._evidence_lock:
+            self.exit_evidence = self.exit_evidence.add(quality, rounds)
+
+    def _keep_out(self, name: str, reason: str) -> None:
+        """Keep ``name`` out of later requests, unless that would leave no member to draft."""
+        with self._evidence_lock:
+            kept_out = {*self.exit_evidence.exited, name}
+            if any(m.can_draft and m.name not in kept_out for m in self.members):
+                self.exit_evidence = self.exit_evidence.with_exit(name, reason)
 
     @property
     def open_sessions(self) -> int:
@@ -322,6 +342,9 @@ class _Request:
             )
 
         self.active = list(self.ensemble.members)
+        if self._keeps_exits:
+            for name, reason in self.ensemble.exit_evidence.exited.items():
+                self._exit(name, f"exited in an earlier request (keep_exits): {reason}")
         opened = await self._call_all(self.active, opener, kind=None, calls=[])
         self.sessions = dict(opened)
         self.ensemble._open_sessions += len(self.sessions)
@@ -358,6 +381,12 @@ class _Request:
             self.ensemble.weights = dict(self.weights)
         if self.config.keep_weights and self.config.normalize in scoring.STATEFUL_NORMALIZATIONS:
             self.ensemble.margin_scales = dict(self.margin_scales)
+        if self._keeps_exits:
+            self.ensemble._add_exit_evidence(self.quality, self.verified_rounds)
+
+    @property
+    def _keeps_exits(self) -> bool:
+        return self.config.exit and self.config.keep_exits
 
     # -- member calls and exits -----------------------------------------------------------------
 
@@ -676,9 +705,10 @@ class _Request:
         if config.exit:
             candidates = [m.name for m in self.active if m.can_draft]
             if config.exit_rule == "lead":
+                kept = self.ensemble.exit_evidence if self._keeps_exits else policies.ExitEvidence()
                 decision = policies.decide_exits_by_lead(
-                    [self.quality[n] for n in candidates],
-                    self.verified_rounds,
+                    [kept.quality.get(n, 0.0) + self.quality[n] for n in candidates],
+                    kept.rounds + self.verified_rounds,
                     min_rounds=config.exit_min_rounds,
                     z=config.exit_lead_z,
                 )
@@ -696,6 +726,8 @@ class _Request:
                 if config.exit_rule == "lead":
                     reason = f"significant lead against it ({config.exit_quality})"
                 self._exit(candidates[i], reason, p=decision.p[i], entropy=decision.entropy)
+                if self._keeps_exits:
+                    self.ensemble._keep_out(candidates[i], reason)
 
     def _broadcast(self, proposal: _Proposal | None) -> tuple[str, FinishReason | None]:
         """Append the winner, apply stop strings and the token budget, sync every session (§3.7)."""

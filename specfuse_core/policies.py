@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 
 def softmax(values: Sequence[float], temperature: float = 1.0) -> list[float]:
@@ -89,6 +89,31 @@ def decide_exits_by_lead(
     needed = z * math.sqrt(rounds_done)
     exiting = [i for i in range(n) if i != leader and cumulative_quality[leader] - cumulative_quality[i] >= needed]
     return ExitDecision(exiting, p, entropy)
+
+
+@dataclass(frozen=True)
+class ExitEvidence:
+    """Model exit's evidence kept across requests (``keep_exits``): each drafter's cumulative ``Q``,
+    the verified rounds ``t`` behind it, and the members that exited, with their reasons.
+
+    A request decides with ``Q = kept Q + its own Q`` and ``t = kept t + its own t``; when it ends, its
+    own ``Q`` and ``t`` are added (:meth:`add`). A member in ``exited`` takes no part in later requests.
+    """
+
+    quality: Mapping[str, float] = field(default_factory=dict)
+    rounds: int = 0
+    exited: Mapping[str, str] = field(default_factory=dict)
+
+    def add(self, quality: Mapping[str, float], rounds: int) -> ExitEvidence:
+        """This evidence plus one request's ``Q`` and verified rounds."""
+        total = dict(self.quality)
+        for name, q in quality.items():
+            total[name] = total.get(name, 0.0) + q
+        return ExitEvidence(total, self.rounds + rounds, dict(self.exited))
+
+    def with_exit(self, member: str, reason: str) -> ExitEvidence:
+        """This evidence with ``member`` kept out of later requests."""
+        return ExitEvidence(dict(self.quality), self.rounds, {**self.exited, member: reason})
 
 
 def hedge_rewards(raw_scores: Sequence[Sequence[float | None]], proposer_columns: Sequence[Sequence[int]]) -> list[float]:

@@ -107,6 +107,7 @@ _FUSION_FIELDS: dict[str, str] = {
     "exit_quality": "exit_quality",
     "exit_rule": "exit_rule",
     "exit_lead_z": "exit_lead_z",
+    "keep_exits": "keep_exits",
     "weights": "weights",
     "weights_eta0": "weights_eta0",
     "weights_schedule": "weights_schedule",
@@ -368,6 +369,8 @@ class SpecFuseChatModel(BaseChatModel):
     exit_quality: Literal["wins", "scores"] | None = None
     exit_rule: Literal["entropy", "lead"] | None = None
     exit_lead_z: float | None = None
+    keep_exits: bool | None = None
+    """``FusionConfig.keep_exits``: model exit across this model's requests (with ``exit_rule="lead"``)."""
     weights: bool | None = None
     weights_eta0: float | None = None
     weights_schedule: Literal["1/t", "1/sqrt(t)"] | None = None

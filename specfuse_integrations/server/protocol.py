@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from specfuse_core import FusionResult, SegmentEvent
 
 # FusionConfig fields a request may set through the non-OpenAI ``specfuse`` object. Server-wide
-# state (keep_weights) and internals (extra) stay with the operator.
+# state (keep_weights, keep_exits) and internals (extra) stay with the operator.
 REQUEST_FUSION_OPTIONS = frozenset({
     "segment_tokens", "score_mode", "normalize", "softmax_temperature", "score_span", "tie_break", "exclude_self_scores",
     "cache", "exit", "exit_min_rounds", "exit_temperature", "exit_entropy", "exit_share", "exit_quality",

@@ -60,3 +60,9 @@ def test_eval_takes_the_quality_harness_options():
     assert args.command == "eval" and args.data == "mine.jsonl" and args.limit == 5 and args.score_only
     harness = {a.dest for a in quality.build_parser()._actions} - {"help"}
     assert harness <= set(vars(args))
+
+
+def test_keep_options_reach_the_config():
+    assert (parse().keep_exits, parse().keep_weights) == (False, False)
+    config = parse("--exit", "--exit-rule", "lead", "--keep-exits", "--keep-weights")
+    assert (config.keep_exits, config.keep_weights) == (True, True)

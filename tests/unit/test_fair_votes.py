@@ -172,3 +172,50 @@ def test_lead_exit_spares_a_close_race_and_drops_a_clear_loser():
     b = ScriptedMember("b", [("b w", False)] * 12 + [("end", True)], prob=alternating)
     close = Ensemble([a, b], config).generate(MESSAGES)
     assert close.exits == () and not any(e.solo for e in close.trace)
+
+
+def keep_exits_pair() -> list[ScriptedMember]:
+    good = ScriptedMember("good", [("good w", False)] * 2 + [("good end", True)], prob=own_fan("good", 0.9, 0.1))
+    bad = ScriptedMember("bad", [("bad w", False)], prob=own_fan("good", 0.9, 0.1))
+    return [good, bad]
+
+
+def test_keep_exits_adds_up_the_lead_across_requests_and_keeps_the_loser_out_until_readmit():
+    config = FusionConfig(temperature=0, exit=True, exit_rule="lead", exit_lead_z=2.0, keep_exits=True)
+    good, bad = keep_exits_pair()
+    ensemble = Ensemble([good, bad], config)
+    first = ensemble.generate(MESSAGES)
+    assert first.exits == ()  # 3-0 after 3 rounds < 2 sqrt(3)
+    assert (dict(ensemble.exit_evidence.quality), ensemble.exit_evidence.rounds) == ({"good": 3.0, "bad": 0.0}, 3)
+
+    second = ensemble.generate(MESSAGES)
+    assert [(x.member, x.round) for x in second.exits] == [("bad", 1)]  # 4-0 after 4 rounds >= 2 sqrt(4)
+    assert ensemble.exit_evidence.exited == {"bad": second.exits[0].reason}
+
+    third = ensemble.generate(MESSAGES)
+    assert [(x.member, x.round) for x in third.exits] == [("bad", 0)]
+    assert third.exits[0].reason.startswith("exited in an earlier request (keep_exits): significant lead")
+    assert len(bad.sessions) == 2 and third.text == "good wgood wgood end"  # never opened for the third
+    assert all(e.solo for e in third.trace)
+
+    ensemble.readmit()
+    fourth = ensemble.generate(MESSAGES)
+    assert fourth.exits == () and len(bad.sessions) == 3
+    assert ensemble.exit_evidence.rounds == 3
+
+
+def test_without_keep_exits_every_request_starts_from_zero():
+    config = FusionConfig(temperature=0, exit=True, exit_rule="lead", exit_lead_z=2.0)
+    ensemble = Ensemble(keep_exits_pair(), config)
+    assert [ensemble.generate(MESSAGES).exits for _ in range(3)] == [(), (), ()]
+    assert ensemble.exit_evidence.rounds == 0
+
+
+def test_keep_exits_never_keeps_out_the_last_drafter_and_needs_the_lead_rule():
+    good, bad = keep_exits_pair()
+    ensemble = Ensemble([good, bad], FusionConfig(exit=True, exit_rule="lead", keep_exits=True))
+    ensemble._keep_out("bad", "lost")
+    ensemble._keep_out("good", "lost in a concurrent request")  # would leave nobody to draft
+    assert ensemble.exit_evidence.exited == {"bad": "lost"}
+    with pytest.raises(ConfigError, match="keep_exits needs exit_rule='lead'"):
+        FusionConfig(exit=True, keep_exits=True)

@@ -80,3 +80,12 @@ def test_lead_exit_waits_for_min_rounds_and_spares_the_leader():
     assert three.exiting == [1]
     assert three.p == pytest.approx(policies.softmax([6.0, 1.0, 4.0]))
     assert policies.decide_exits_by_lead([4.0], 9, min_rounds=1, z=1.0).exiting == []
+
+
+def test_exit_evidence_adds_requests_and_keeps_exits():
+    from specfuse_core.policies import ExitEvidence
+
+    evidence = ExitEvidence().add({"a": 3.0, "b": 1.0}, 4).add({"a": 1.0, "c": 2.0}, 3)
+    assert (dict(evidence.quality), evidence.rounds) == ({"a": 4.0, "b": 1.0, "c": 2.0}, 7)
+    kept = evidence.with_exit("b", "lost")
+    assert kept.exited == {"b": "lost"} and evidence.exited == {} and kept.add({}, 1).exited == {"b": "lost"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -339,12 +340,13 @@ def test_lead_exit_replay_estimates_calls() -> None:
     def contested(winner):
         return {"consensus": False, "winners": [winner], "candidate_drafters": [["a"], ["b"]], "calls": 4}
 
-    sweep = {"trace": [contested("a")] * 3 + [contested("a")] * 2}  # 3-0 after 3 rounds: fires at round 3
+    sweep = {"trace": [contested("a")] * 3 + [contested("a"), contested("b")]}  # 3-0 after 3 rounds: fires at round 3
     close = {"trace": [contested("a"), contested("b")] * 3}  # never more than 1 ahead
     estimate = quality.simulate_lead_exit([sweep, close], 1.645)
     # sweep: 3 rounds x 4 calls + 2 solo rounds x 1 = 14 instead of 20; close: 24 either way.
+    # After the exit b's draft would still have won 1 of the 2 contested rounds.
     assert estimate == {"z": 1.645, "answers": 2, "fired": 0.5, "calls_ratio": round((14 + 24) / (20 + 24), 4),
-                        "median_round": 3}  # fmt: skip
+                        "median_round": 3, "exited_later_wins": 0.5}  # fmt: skip
     assert quality.simulate_lead_exit([close], 1.0)["fired"] == 0.0
 
 
@@ -368,3 +370,33 @@ def test_split_votes_count_only_rounds_where_every_scorer_prefers_its_own_draft(
     diag = quality.diagnostics([{"trace": trace}], ["a", "b"])
     assert diag["split_votes"]["rounds"] == 3
     assert "a: 33.3%, b: 66.7% (3)" in quality.diagnostics_markdown({"specfuse": diag}, {})
+
+
+def test_keep_exit_answers_come_in_prompt_order_with_the_evidence_of_the_answers_before(tmp_path: Path) -> None:
+    prompts = [LOWERCASE_NO_COMMA, HASHTAGS, SENTENCES]
+    seen: list[tuple[str, int, list[int]]] = []
+
+    def answer(config: str, row: dict, earlier: Sequence[dict] = ()) -> dict:
+        seen.append((config, row["key"], [r["key"] for r in earlier]))
+        return {**_fake_record("specfuse", f"{config} answer {row['key']}"), "key": row["key"]}
+
+    cache = quality.ResponseCache(tmp_path)
+    quality.run_all(prompts[:2], ["specfuse+keep-exit"], cache, answer, concurrency=3)
+    quality.run_all(prompts, ["specfuse", "specfuse+keep-exit"], cache, answer, concurrency=3)
+    keep = [s for s in seen if s[0] == "specfuse+keep-exit"]
+    assert keep == [("specfuse+keep-exit", 1, []), ("specfuse+keep-exit", 2, [1]), ("specfuse+keep-exit", 3, [1, 2])]
+    assert all(not s[2] for s in seen if s[0] == "specfuse")
+
+
+def test_exit_evidence_from_records_counts_verified_rounds_and_lead_exits() -> None:
+    def round_(winners, candidates=2):
+        return {"winners": winners, "candidates": candidates}
+
+    first = {"trace": [round_(["a"]), round_(["a"]), round_(["a", "b"], candidates=1)], "exits": []}
+    second = {"trace": [round_(["b"]), round_(["a"]), round_(["a"], candidates=1)],
+              "exits": [{"member": "b", "round": 2, "reason": "significant lead against it (wins)"},
+                        {"member": "c", "round": 1, "reason": "error: unreachable"}]}  # fmt: skip
+    third = {"trace": [], "exits": [{"member": "b", "round": 0, "reason": "exited in an earlier request ..."}]}
+    evidence = quality.exit_evidence_from_records([first, second, third])
+    assert (dict(evidence.quality), evidence.rounds) == ({"a": 3.0, "b": 1.0}, 4)
+    assert evidence.exited == {"b": "significant lead against it (wins)"}  # failures are not kept
