@@ -139,6 +139,8 @@ def fusion_options(
     options["tie_break"] = fusion.effective_tie_break
     if options["tie_break"] == "self_score":
         del options["tie_break"]
+    if not options["keep_exits"]:  # likewise for options added later, at their default
+        del options["keep_exits"]
     for generation_setting in ("extra", "temperature", "top_p", "seed", "max_tokens", "segment_tokens", "stop"):
         options.pop(generation_setting)
     if not tool_options:

@@ -282,6 +282,9 @@ def test_fusion_overrides_and_cache_directories():
     assert "tie_break" not in quality.fusion_options("specfuse", {})
     assert quality.fusion_options("specfuse+calibrated", {})["tie_break"] == "coin"
     assert "tie_break" not in quality.fusion_options("specfuse+calibrated", {"tie_break": "self_score"})
+    # the same for keep_exits: off, it is not in the hash (the stage-2 answers keep their directory)
+    assert "keep_exits" not in quality.fusion_options("specfuse", {}) and plain == "specfuse-0a286761"
+    assert quality.fusion_options("specfuse+keep-exit", {})["keep_exits"] is True
     cache = quality.ResponseCache("/r", {"specfuse": plain})
     assert str(cache.path("specfuse", 7)) == f"/r/{plain}/7.json"
 
