@@ -63,6 +63,9 @@ class Ensemble:
     share the CPU and there is a core for each). ``placements`` says where each member runs. Concurrent
     requests on one ensemble share batched forward passes in either schedule
     (:mod:`specfuse_core.scheduler`).
+
+    State kept across requests: ``weights`` and ``margin_scales`` (with ``keep_weights``) and
+    ``exit_evidence`` (with ``keep_exits``; :meth:`readmit` clears it).
     """
 
     def __init__(
