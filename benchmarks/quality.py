@@ -58,6 +58,9 @@ FUSION_CONFIGS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_CONFIGS = ("specfuse", "specfuse+exit", "specfuse+weights", "specfuse+exit+weights")  # "all"
 MEMBERS_ALIAS = "members"  # in --configs: every member alone
+LATER_OPTIONS: dict[str, Any] = {"keep_exits": False}
+"""Fusion options added after answers were cached, with their defaults: at the default an option stays
+out of the cache hash, so adding it keeps every cached answer it does not change."""
 TOOL_ONLY_OPTIONS = ("tool_vote",)
 """Fusion options that act only when tools are offered: IFEval answers never depend on them, so they
 stay out of the cache hash (adding one does not throw away cached answers)."""
@@ -139,8 +142,9 @@ def fusion_options(
     options["tie_break"] = fusion.effective_tie_break
     if options["tie_break"] == "self_score":
         del options["tie_break"]
-    if not options["keep_exits"]:  # likewise for options added later, at their default
-        del options["keep_exits"]
+    for name, default in LATER_OPTIONS.items():
+        if options[name] == default:
+            del options[name]
     for generation_setting in ("extra", "temperature", "top_p", "seed", "max_tokens", "segment_tokens", "stop"):
         options.pop(generation_setting)
     if not tool_options:
