@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-SPECFUSE = [sys.executable, "-m", "specfuse_core.cli"]
+SPECFUSE = [sys.executable, "-m", "specfuse_integrations.cli"]
 TEST_KEY = "sk-test-d9b1c0ffee5eed"  # a fake key, passed through the environment (never on the command line)
 
 

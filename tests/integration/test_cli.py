@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 
-SPECFUSE = [sys.executable, "-m", "specfuse_core.cli"]
+SPECFUSE = [sys.executable, "-m", "specfuse_integrations.cli"]
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -190,7 +190,7 @@ def test_unmatched_tool_message_is_rejected(ensemble):
 
 
 def test_cli_ask_with_tools_file(tiny_dirs, tmp_path, capsys):
-    from specfuse_core.cli import main
+    from specfuse_integrations.cli import main
 
     tools = tmp_path / "tools.json"
     tools.write_text(json.dumps([WEATHER, ADD]))

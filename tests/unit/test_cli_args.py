@@ -2,7 +2,7 @@
 
 import pytest
 
-from specfuse_core.cli import build_parser, config_from_args
+from specfuse_integrations.cli import build_parser, config_from_args
 from specfuse_core.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from specfuse_core.cli import build_parser, request_options
+from specfuse_integrations.cli import build_parser, request_options
 from specfuse_core.errors import InvalidRequestError
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}

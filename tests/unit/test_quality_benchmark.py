@@ -320,7 +320,7 @@ def test_length_bias_counts_rounds_won_by_the_shorter_candidate() -> None:
 
 
 def test_specfuse_eval_prints_the_paired_comparison(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from specfuse_core import cli
+    from specfuse_integrations import cli
 
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in (LOWERCASE_NO_COMMA, HASHTAGS)))

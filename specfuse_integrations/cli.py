@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from .config import (
+from specfuse_core.config import (
     EXIT_QUALITIES,
     EXIT_RULES,
     NORMALIZATIONS,
@@ -20,9 +20,9 @@ from .config import (
     WEIGHT_SCHEDULES,
     FusionConfig,
 )
-from .errors import SpecFuseError
-from .scheduler import SCHEDULES, describe, prefer_passive_openmp
-from .trace import FusionResult
+from specfuse_core.errors import SpecFuseError
+from specfuse_core.scheduler import SCHEDULES, describe, prefer_passive_openmp
+from specfuse_core.trace import FusionResult
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -220,7 +220,7 @@ def trace_table(result: FusionResult) -> str:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from .engine import Ensemble
+    from specfuse_core.engine import Ensemble
 
     question = sys.stdin.read() if args.question == "-" else args.question
     config = config_from_args(args)
@@ -250,7 +250,7 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _json_file(path: str, option: str) -> Any:
-    from .errors import InvalidRequestError
+    from specfuse_core.errors import InvalidRequestError
 
     try:
         with open(path, encoding="utf-8") as handle:
@@ -282,7 +282,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"specfuse: error: the server needs the serve extra: pip install 'specfuse[serve]' ({error})",
               file=sys.stderr)  # fmt: skip
         return EXIT_ERROR
-    from .engine import Ensemble
+    from specfuse_core.engine import Ensemble
 
     config = config_from_args(args)
     api_key = args.api_key or os.environ.get("SPECFUSE_SERVER_API_KEY") or None
@@ -301,9 +301,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _presets() -> int:
-    from .presets import PRESETS
+    from specfuse_core.presets import PRESETS
 
-    from .engine import DEFAULT_MEMBERS
+    from specfuse_core.engine import DEFAULT_MEMBERS
 
     for preset in PRESETS.values():
         default = " (default)" if preset.name in DEFAULT_MEMBERS else ""
