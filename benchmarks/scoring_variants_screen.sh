@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Issue 14, stage 1: the IFEval screen on the first 40 dev prompts at --max-tokens 128.
+# Scoring variants, stage 1: the IFEval screen (the default, mean_logit, calibrated, calibrated with
+# exit on a lead, and three members with rank) on the first 40 dev prompts at --max-tokens 128.
+# Results: docs/results/scoring_variants_screen_ifeval.md and rank_three_members_screen_ifeval.md
+# (copied there from benchmarks/results/quality/<run-id>/results.md, which the scoring commands in
+# benchmarks/README.md write).
 # Resumable: every answer is cached per configuration and prompt, so running this again continues
 # where it stopped. It grows N in steps of 8 prompts (4 at a time, batched), alternating the two-member and the
 # three-member runs, so that an interrupted screen has (almost) the same N in every configuration.
-# Run from the repo root:  nohup nice -n 19 benchmarks/screen_issue14.sh > /tmp/screen.log 2>&1 &
+# Run from the repo root:  nohup nice -n 19 benchmarks/scoring_variants_screen.sh > /tmp/screen.log 2>&1 &
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 LIMIT=${LIMIT:-40}
