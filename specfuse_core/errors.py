@@ -37,7 +37,12 @@ class ChecksumError(ModelLoadError):
 
 
 class NotSupportedYetError(ConfigError):
-    """A member kind that a later release will support (e.g. remote endpoints)."""
+    """A spec or option that this code path does not handle.
+
+    For example, a remote endpoint (``http://host:port/v1``) passed where a local model is loaded:
+    remote OpenAI-compatible members are supported, but through ``load_member`` /
+    ``Ensemble.from_specs`` (:class:`~specfuse_core.remote.OpenAICompatibleMember`), not ``HFMember``.
+    """
 
 
 class NoActiveMembersError(MemberError):

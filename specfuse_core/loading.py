@@ -1,19 +1,21 @@
-"""Turning a member spec (preset, directory, Hub id or GGUF file) into a model and tokenizer."""
+"""Turning a local member spec (preset, directory, Hub id or GGUF file) into a model and tokenizer.
+
+Remote specs (``http(s)://host:port/v1#model``) are recognised here (:func:`is_remote_spec`) but
+built elsewhere: :func:`specfuse_core.registry.load_member` makes an
+:class:`~specfuse_core.remote.OpenAICompatibleMember` for them.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadError, NotSupportedYetError
+from .presets import PRESETS, cache_dir, converted_gguf_dir, resolve_preset
 
 if TYPE_CHECKING:
     import torch
-
-COMPLETE_MARKER = "specfuse-complete"
 
 
 def is_remote_spec(spec: str) -> bool:
@@ -25,36 +27,7 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
 
 
-def converted_gguf_dir(gguf: Path, target: Path) -> Path:
-    """Convert a GGUF file once into a safetensors model directory at ``target`` and return it."""
-    if (target / COMPLETE_MARKER).is_file():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    print(f"specfuse: converting {gguf.name} to safetensors (one time, about a minute)...", file=sys.stderr, flush=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except Exception as error:  # noqa: BLE001 - any parse failure means the same thing to the user
-        raise ModelLoadError(f"could not read GGUF file {gguf}: {error}") from error
-    # GGUF weights arrive dequantized; transformers only refuses to save them while these are set.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / COMPLETE_MARKER).write_text(str(gguf) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.replace(target)
-    return target
-
-
 def _local_gguf_target(gguf: Path) -> Path:
-    from .presets import cache_dir
-
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
@@ -62,10 +35,11 @@ def _local_gguf_target(gguf: Path) -> Path:
 
 def resolve_source(source: str, gguf_file: str | None = None) -> str:
     """A directory or Hub id that ``from_pretrained`` can load, converting GGUF files on the way."""
-    from .presets import PRESETS, resolve_preset
-
     if is_remote_spec(source):
-        raise NotSupportedYetError(f"remote members ({source}) are not supported yet by this version of specfuse")
+        raise NotSupportedYetError(
+            f"{source} is a remote endpoint, not a local model: build it with load_member() or "
+            "Ensemble.from_specs(), which make an OpenAICompatibleMember (the 'remote' extra)"
+        )
     if source in PRESETS:
         return str(resolve_preset(source))
     path = Path(source).expanduser()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 from .errors import ChecksumError, ModelLoadError
 
 CACHE_ENV = "SPECFUSE_CACHE_DIR"
+COMPLETE_MARKER = "specfuse-complete"
 
 
 @dataclass(frozen=True)
@@ -157,13 +159,38 @@ def fetch_gguf(preset: Preset) -> Path:
     return target
 
 
+def converted_gguf_dir(gguf: Path, target: Path) -> Path:
+    """Convert a GGUF file once into a safetensors model directory at ``target`` and return it."""
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"specfuse: converting {gguf.name} to safetensors (one time, about a minute)...", file=sys.stderr, flush=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as error:  # noqa: BLE001 - any parse failure means the same thing to the user
+        raise ModelLoadError(f"could not read GGUF file {gguf}: {error}") from error
+    # GGUF weights arrive dequantized; transformers only refuses to save them while these are set.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / COMPLETE_MARKER).write_text(str(gguf) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.replace(target)
+    return target
+
+
 def resolve_preset(name: str) -> Path:
     """A local directory with the preset's converted safetensors weights and tokenizer."""
-    from .loading import converted_gguf_dir
-
     preset = PRESETS[name]
     converted = cache_dir() / "models" / f"{preset.name}-{preset.sha256[:12]}"
-    if (converted / "specfuse-complete").is_file():
+    if (converted / COMPLETE_MARKER).is_file():
         return converted
     gguf = fetch_gguf(preset)
     return converted_gguf_dir(gguf, converted)
