@@ -1,7 +1,8 @@
 """SpecFuseLLM: the LlamaIndex adapter, its interface and its translation of messages, streams and events.
 
-The fast tests run the adapter over scripted members (interface and translation only); the tests marked
-``slow`` (tests/integration/test_llama_index_real.py) are the evidence that it works on real models.
+These tests run the adapter over scripted members (interface and translation only). Real models:
+tests/integration/test_llama_index.py (tiny random ones, shared between adapters) and
+tests/integration/test_llama_index_real.py (``slow``: the default ensemble, the evidence that it works).
 """
 
 from __future__ import annotations
@@ -335,33 +336,3 @@ def test_callback_handler_sees_the_trace():
         trace = response.raw["trace"]
         assert [list(e["winners"]) for e in trace] == [["a"], ["a"], ["a"]]  # who wrote what, per segment
         assert response.additional_kwargs["specfuse"]["rounds"] == 3
-
-
-# -- shared members -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_specs(tmp_path_factory):
-    from tiny_models import build_tiny_model
-
-    root = tmp_path_factory.mktemp("tiny-li")
-    return [
-        str(build_tiny_model(root / "a", vocab_size=300, seed=1)),
-        str(build_tiny_model(root / "b", vocab_size=420, seed=2)),
-    ]
-
-
-def test_same_member_specs_share_loaded_models(tiny_specs):
-    first = SpecFuseLLM(members=tiny_specs, segment_tokens=4, max_tokens=8, temperature=0)
-    second = SpecFuseLLM(members=tiny_specs, segment_tokens=2)
-    assert first.ensemble is not second.ensemble
-    assert all(a is b for a, b in zip(first.ensemble.members, second.ensemble.members))
-    assert first.members == tiny_specs and first.config.segment_tokens == 4
-    response = first.complete("Hello")  # random weights: structure only
-    assert response.additional_kwargs["specfuse"]["rounds"] >= 1
-    assert response.raw["text"] == response.text
-
-    import specfuse_integrations.langchain as langchain
-    chat_model = langchain.SpecFuseChatModel(members=tiny_specs)
-    ensemble = chat_model.get_ensemble() if hasattr(chat_model, "get_ensemble") else chat_model.ensemble
-    assert all(a is b for a, b in zip(first.ensemble.members, ensemble.members))
