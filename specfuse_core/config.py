@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from functools import cache
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
@@ -18,19 +20,28 @@ ExitRule = Literal["entropy", "lead"]
 ToolVote = Literal["native", "all"]
 TieBreak = Literal["self_score", "coin"]
 
-SCORE_MODES: tuple[str, ...] = ("mean_prob", "mean_logprob", "mean_logit")
-NORMALIZATIONS: tuple[str, ...] = ("sum", "softmax", "ratio", "calibrated", "rank")
-SCORE_SPANS: tuple[str, ...] = ("full", "leading")
-EXIT_RULES: tuple[str, ...] = ("entropy", "lead")
-WEIGHT_SCHEDULES: tuple[str, ...] = ("1/t", "1/sqrt(t)")
-EXIT_QUALITIES: tuple[str, ...] = ("wins", "scores")
-TOOL_VOTES: tuple[str, ...] = ("native", "all")
-TIE_BREAKS: tuple[str, ...] = ("self_score", "coin")
+SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+SCORE_SPANS: tuple[str, ...] = get_args(ScoreSpan)
+EXIT_RULES: tuple[str, ...] = get_args(ExitRule)
+WEIGHT_SCHEDULES: tuple[str, ...] = get_args(WeightSchedule)
+EXIT_QUALITIES: tuple[str, ...] = get_args(ExitQuality)
+TOOL_VOTES: tuple[str, ...] = get_args(ToolVote)
+TIE_BREAKS: tuple[str, ...] = get_args(TieBreak)
 FAIR_NORMALIZATIONS: tuple[str, ...] = ("calibrated", "rank")
 """Normalisations meant to give every scorer an equally loud vote: their ties break by ``coin``."""
 
 DEFAULT_DRAFT_TEMPERATURE = 0.6
 DEFAULT_DRAFT_TOP_P = 0.9
+
+
+def _option(default: Any, help: str, *, per_request: bool = True) -> Any:
+    """A ``FusionConfig`` field with the help text every front door shows for it.
+
+    ``per_request=False`` marks state that lives across requests on one ensemble (the operator's
+    choice for a server, not one client's).
+    """
+    return field(default=default, metadata={"help": help, "per_request": per_request})
 
 
 @dataclass(frozen=True)
@@ -79,37 +90,44 @@ class FusionConfig:
     Every other round, inside a call included, is voted by all scorers.
     """
 
-    segment_tokens: int = 10
-    max_tokens: int = 512
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    score_mode: ScoreMode = "mean_prob"
-    normalize: Normalization = "sum"
-    softmax_temperature: float = 1.0
-    score_span: ScoreSpan = "full"
-    tie_break: TieBreak | None = None
-    exclude_self_scores: bool = False
-    cache: bool = True
-    # Model exit (algorithm.md §4).
-    exit: bool = False
-    exit_min_rounds: int = 3
-    exit_temperature: float = 1.0
-    exit_entropy: float = 0.6
-    exit_share: float = 0.5
-    exit_quality: ExitQuality = "wins"
-    exit_rule: ExitRule = "entropy"
-    exit_lead_z: float = 1.645
-    keep_exits: bool = False
-    # Online weights (algorithm.md §5).
-    weights: bool = False
-    weights_eta0: float = 1.0
-    weights_schedule: WeightSchedule = "1/t"
-    keep_weights: bool = False
-    # Tools (issue 12).
-    tool_vote: ToolVote = "native"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    segment_tokens: int = _option(10, "tokens each member drafts per round")
+    max_tokens: int = _option(512, "answer budget, counted in the first member's tokens")
+    temperature: float | None = _option(None, "draft temperature; 0 is greedy (default 0.6 with top_p 0.9)")
+    top_p: float | None = _option(None, "nucleus sampling mass of the drafts")
+    seed: int | None = _option(None, "seed for reproducible sampling")
+    stop: tuple[str, ...] = _option((), "stop strings: the answer is cut before the first one")
+    score_mode: ScoreMode = _option("mean_prob", "per-candidate score: mean_prob (paper), mean_logprob, mean_logit (reference code)")
+    normalize: Normalization = _option("sum", (
+        "per-scorer normalisation: sum (paper), softmax, ratio (reference code), calibrated (margins in "
+        "each scorer's typical margin), rank (Borda)"))  # fmt: skip
+    softmax_temperature: float = _option(1.0, "temperature of normalize=softmax")
+    score_span: ScoreSpan = _option("full", "score all tokens (full) or the shortest candidate's leading tokens (leading)")
+    tie_break: TieBreak | None = _option(None, (
+        "who wins tied scores: the most self-confident member (self_score) or a fair coin seeded by the "
+        "candidates (coin); default coin with calibrated and rank, else self_score"))  # fmt: skip
+    exclude_self_scores: bool = _option(False, "a scorer does not vote on its own draft")
+    cache: bool = _option(True, "keep KV caches across rounds (off: re-read the whole context every round)")
+    # Model exit (docs/algorithm.md §4).
+    exit: bool = _option(False, "model exit: drop members that keep losing")
+    exit_min_rounds: int = _option(3, "verified rounds before an exit")
+    exit_temperature: float = _option(1.0, "softmax temperature over Q")
+    exit_entropy: float = _option(0.6, "the entropy rule fires below this normalised entropy")
+    exit_share: float = _option(0.5, "the entropy rule: a member exits below this share of 1/n")
+    exit_quality: ExitQuality = _option("wins", "what Q accumulates: rounds won (wins) or aggregated scores (scores)")
+    exit_rule: ExitRule = _option("entropy", "entropy of softmax(Q) (entropy) or a lead of exit_lead_z * sqrt(rounds) (lead)")
+    exit_lead_z: float = _option(1.645, "exit_rule=lead: the lead needed, in sqrt(verified rounds)")
+    keep_exits: bool = _option(False, (
+        "with exit_rule=lead: Q adds up across requests and a member that exits stays out of later ones "
+        "(use a stricter exit_lead_z, e.g. 3)"), per_request=False)  # fmt: skip
+    # Online weights (docs/algorithm.md §5).
+    weights: bool = _option(False, "online (Hedge) weights over scorers")
+    weights_eta0: float = _option(1.0, "Hedge learning rate eta0")
+    weights_schedule: WeightSchedule = _option("1/t", "decay of the Hedge learning rate")
+    keep_weights: bool = _option(False, "carry weights (and calibrated scales) across requests", per_request=False)
+    # Tools (docs/algorithm.md §9).
+    tool_vote: ToolVote = _option("native", (
+        "with tools: who votes on whether to call a tool: the members whose templates show the tools "
+        "(native) or every member (all)"))  # fmt: skip
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -200,3 +218,61 @@ def _finite(value: Any) -> bool:
 def _require_int(name: str, value: Any, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FusionOption:
+    """One ``FusionConfig`` field as the front doors see it (derived from the dataclass, never copied).
+
+    ``annotation`` is the resolved type (``Literal`` for options with ``choices``), ``default`` the
+    field's default, ``help`` one line for flags and docs; ``per_request`` is false for state that lives
+    across requests (``keep_weights``, ``keep_exits``), which a server leaves to its operator.
+    """
+
+    name: str
+    annotation: Any
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+    per_request: bool
+
+    @property
+    def kind(self) -> type:
+        """The plain Python type of a value: ``bool``, ``int``, ``float``, ``str`` or ``tuple``."""
+        if self.choices is not None:
+            return str
+        annotation = self.annotation
+        if get_origin(annotation) in (Union, UnionType):
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        return get_origin(annotation) or annotation
+
+    @property
+    def optional(self) -> bool:
+        """Whether ``None`` is a valid value (it then means "the default behaviour")."""
+        return get_origin(self.annotation) in (Union, UnionType) and type(None) in get_args(self.annotation)
+
+
+@cache
+def fusion_options() -> tuple[FusionOption, ...]:
+    """Every fusion option, in declaration order: the one list the front doors derive theirs from."""
+    hints = get_type_hints(FusionConfig)
+    options = []
+    for spec in dataclasses.fields(FusionConfig):
+        annotation = hints[spec.name]
+        literal = next((a for a in (annotation, *get_args(annotation)) if get_origin(a) is Literal), None)
+        options.append(
+            FusionOption(
+                name=spec.name,
+                annotation=annotation,
+                default=spec.default,
+                help=spec.metadata["help"],
+                choices=get_args(literal) if literal is not None else None,
+                per_request=spec.metadata["per_request"],
+            )
+        )
+    return tuple(options)
+
+
+def fusion_option_names(*, per_request: bool = False) -> frozenset[str]:
+    """The names of the fusion options (only those a single request may set, with ``per_request``)."""
+    return frozenset(o.name for o in fusion_options() if o.per_request or not per_request)

@@ -9,6 +9,7 @@ weights (§5) run after each verified round when switched on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ from .scheduler import Placement, Schedule, assign
 from .segments import find_stop, trim_to_word_boundary
 from .tools import (
     NO_TOOLS,
+    TOOL_OPTIONS,
     ToolCallDelta,
     ToolCallStreamParser,
     ToolRequest,
@@ -155,13 +157,14 @@ class Ensemble:
         return f"Ensemble(members={[m.name for m in self.members]!r}, config={self.config!r})"
 
     def _request(self, messages: Sequence[Mapping[str, Any]], overrides: dict[str, Any]) -> _Request:
-        tools = tool_request(**{k: overrides.pop(k) for k in _TOOL_OPTIONS if k in overrides})
+        tools = tool_request(**{k: overrides.pop(k) for k in TOOL_OPTIONS if k in overrides})
         clean = validate_messages(messages)
         config = self.config.replace(**overrides) if overrides else self.config
         return _Request(self, clean, config, tools)
 
     def stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> FusionStream:
-        """Iterate over accepted segments as they are accepted; ``.result`` holds the final result.
+        """Iterate over accepted segments as they are accepted; the last event (``finish_reason`` set)
+        carries the final ``result``, which ``.result`` holds too from then on.
 
         ``options`` are :class:`FusionConfig` fields for this call only, plus the tool options of
         :meth:`generate`.
@@ -200,8 +203,6 @@ class Ensemble:
         return stream.result
 
 
-_TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
-
 
 class _StreamBase:
     def __init__(self, request: _Request) -> None:
@@ -210,7 +211,7 @@ class _StreamBase:
 
     @property
     def result(self) -> FusionResult:
-        """The final result; available once the stream is exhausted."""
+        """The final result; available once the last event (the one with ``finish_reason``) was yielded."""
         if self._request.result is None:
             raise RuntimeError("the stream has not finished yet")
         return self._request.result
@@ -326,8 +327,10 @@ class _Request:
                 event = await self._round()
                 self.trace.append(event)
                 finish = event.finish_reason
+                if finish is not None:
+                    self._finish(finish)
+                    event = dataclasses.replace(event, result=self.result)
                 yield event
-            self._finish(finish)
         finally:
             await self._close()
 

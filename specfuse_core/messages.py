@@ -1,7 +1,8 @@
 """Validation of chat messages: the one place that decides what a request may contain.
 
 A clean message is a dict with ``role`` (``system``, ``user``, ``assistant`` or ``tool``) and
-``content`` (text). An assistant message may also carry ``tool_calls``: a list of
+``content`` (text); a role alias (OpenAI's ``developer``, the system role of newer models) is read as
+the role it stands for. An assistant message may also carry ``tool_calls``: a list of
 ``{"id", "name", "arguments"}`` with ``arguments`` a dict. A tool message carries ``tool_call_id``
 (the call it answers) and ``name`` (that call's tool).
 """
@@ -15,6 +16,8 @@ from typing import Any
 from .errors import InvalidRequestError
 
 ROLES = ("system", "user", "assistant", "tool")
+ROLE_ALIASES: dict[str, str] = {"developer": "system"}
+"""Roles read as another: every front door passes them through and this module maps them, once."""
 
 Message = dict[str, Any]
 
@@ -103,8 +106,10 @@ def validate_messages(messages: Sequence[Mapping[str, Any]]) -> list[Message]:
         if not isinstance(message, Mapping):
             raise InvalidRequestError(f"message {index} is a {type(message).__name__}, expected a dict")
         role = message.get("role")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         if role not in ROLES:
-            raise InvalidRequestError(f"message {index}: unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            known = ", ".join((*ROLES, *ROLE_ALIASES))
+            raise InvalidRequestError(f"message {index}: unknown role {role!r}; expected one of {known}")
         if role == "assistant":
             text, uses = _blocks(message.get("content"), index)
             entry: Message = {"role": role, "content": text}

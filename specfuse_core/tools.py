@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,6 +96,36 @@ class ToolCallDelta:
         if self.name is not None:
             function["name"] = self.name
         return entry
+
+
+class ToolCallAccumulator:
+    """Merges streamed :class:`ToolCallDelta`\\ s by call index into one delta per call.
+
+    Fed one segment's deltas, it gives that segment's pieces one per call (a LangChain chunk); fed a
+    whole stream, it gives every call so far with its arguments text (a LlamaIndex partial response).
+    """
+
+    def __init__(self, deltas: Iterable[ToolCallDelta] = ()) -> None:
+        self._calls: dict[int, ToolCallDelta] = {}
+        self.add(deltas)
+
+    def add(self, deltas: Iterable[ToolCallDelta]) -> None:
+        for delta in deltas:
+            known = self._calls.get(delta.index)
+            if known is None:
+                self._calls[delta.index] = delta
+            else:
+                self._calls[delta.index] = ToolCallDelta(
+                    index=delta.index,
+                    id=known.id if known.id is not None else delta.id,
+                    name=known.name if known.name is not None else delta.name,
+                    arguments=known.arguments + delta.arguments,
+                )
+
+    @property
+    def calls(self) -> list[ToolCallDelta]:
+        """One merged delta per call, in call order."""
+        return [self._calls[index] for index in sorted(self._calls)]
 
 
 def render_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
@@ -420,17 +450,19 @@ def tool_names(tools: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def normalize_tool_choice(choice: Any, tools: Sequence[Mapping[str, Any]]) -> tuple[ToolChoiceMode, str | None]:
     """``(mode, name)`` from ``None``, ``"auto"``, ``"required"``/``"any"``/``True``, ``"none"``/``False``,
-    a tool's name, or ``{"type": "function", "function": {"name": ...}}``."""
+    a tool's name, or ``{"type": "function", "function": {"name": ...}}``.
+
+    The no-tools rule, the same through every front door: without tools, ``None``, ``"auto"`` and
+    ``"none"`` mean a plain answer; a choice that forces a call raises :class:`InvalidRequestError`.
+    """
     names = tool_names(tools)
-    if choice is None:
+    if choice is None or choice == "auto":
         return ("auto", None) if tools else ("none", None)
     if choice is True or choice in ("required", "any"):
         mode: ToolChoiceMode = "required"
         name = None
     elif choice is False or choice == "none":
         return "none", None
-    elif choice == "auto":
-        mode, name = "auto", None
     elif isinstance(choice, str):
         mode, name = "named", choice
     elif isinstance(choice, Mapping):
@@ -467,6 +499,10 @@ def normalize_response_format(response_format: Any) -> dict[str, Any] | None:
             raise InvalidRequestError("response_format of type json_schema needs json_schema.schema (a JSON schema)")
         return _plain(schema)
     raise InvalidRequestError(f"response_format type must be text, json_object or json_schema, got {kind!r}")
+
+
+TOOL_OPTIONS: tuple[str, ...] = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+"""The per-request tool and structured-output options: the keyword arguments of :func:`tool_request`."""
 
 
 def tool_request(

@@ -59,7 +59,8 @@ class SegmentEvent:
 
     ``scores[j][i]`` is scorer ``scorers[j]``'s raw score of ``candidates[i]`` (``None``: not voted);
     ``totals[i]`` is the aggregated score. On a consensus round ``scorers`` is empty.
-    ``finish_reason`` is set on the last event of a request.
+    ``finish_reason`` is set on the last event of a request, and that event also carries the finished
+    ``result`` (every other event: ``None``), so a consumer of the stream needs no drain loop.
 
     With tools, ``content`` is the part of ``text`` outside tool calls (a partial ``<tool_call>`` tag is
     held back until it is resolved) and ``tool_calls`` the streamed call pieces. ``forced`` is text the
@@ -86,9 +87,13 @@ class SegmentEvent:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     forced: str = ""
     notes: tuple[str, ...] = ()
+    result: FusionResult | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """This segment's trace as JSON-ready data (without ``result``, which has its own ``to_dict``)."""
+        data = dataclasses.asdict(dataclasses.replace(self, result=None))
+        del data["result"]
+        return data
 
 
 @dataclass
@@ -105,6 +110,26 @@ class MemberUsage:
         self.generated_tokens += other.generated_tokens
         self.scored_tokens += other.scored_tokens
         self.calls += other.calls
+
+
+@dataclass(frozen=True)
+class Usage:
+    """OpenAI-style usage of one request, as every front door reports it: prompt tokens in the first
+    member's tokenizer (the one ``max_tokens`` counts in), completion tokens of the answer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
 
 
 @dataclass(frozen=True)
@@ -132,6 +157,12 @@ class FusionResult:
     @property
     def rounds(self) -> int:
         return len(self.trace)
+
+    @property
+    def token_usage(self) -> Usage:
+        """Prompt and completion tokens of the request (``usage`` has the per-member detail)."""
+        first = self.usage.get(self.members[0]) if self.members else None
+        return Usage(prompt_tokens=first.prompt_tokens if first is not None else 0, completion_tokens=self.output_tokens)
 
     def summary(self) -> dict[str, Any]:
         """A compact, JSON-ready digest: rounds, wins per member, calls per round, exits."""
@@ -163,3 +194,4 @@ class FusionResult:
             "notes": {k: list(v) for k, v in self.notes.items()},
             "summary": self.summary(),
         }
+

@@ -9,17 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from specfuse_core.config import (
-    EXIT_QUALITIES,
-    EXIT_RULES,
-    NORMALIZATIONS,
-    SCORE_MODES,
-    SCORE_SPANS,
-    TIE_BREAKS,
-    TOOL_VOTES,
-    WEIGHT_SCHEDULES,
-    FusionConfig,
-)
+from specfuse_core.config import FusionConfig, FusionOption, fusion_options
 from specfuse_core.errors import SpecFuseError
 from specfuse_core.scheduler import SCHEDULES, describe, prefer_passive_openmp
 from specfuse_core.trace import FusionResult
@@ -33,49 +23,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+_FLAG_ALIASES: dict[str, str] = {"exclude_self_scores": "--exclude-self"}
+"""Older spellings of generated flags, still accepted."""
+
+
+def _flag(option: FusionOption) -> str:
+    return "--" + option.name.replace("_", "-")
+
+
 def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--member`` and one flag per :class:`FusionConfig` option (derived from it: names, types, choices,
+    defaults and help), then the member placement flags."""
     parser.add_argument("--member", action="append", metavar="SPEC", help=(
         "member spec, repeatable: a preset name, a local directory, a Hub id or a .gguf file; "
         "append ::draft or ::score for a single role (default: the default two-model ensemble)"))  # fmt: skip
-    parser.add_argument("--segment-tokens", type=int, default=10, help="tokens per drafted segment (default 10)")
-    parser.add_argument("--max-tokens", type=int, default=512, help="answer budget in the first member's tokens")
-    parser.add_argument("--temperature", type=float, help="draft temperature; 0 is greedy (default 0.6, top-p 0.9)")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling mass")
-    parser.add_argument("--seed", type=int, help="seed for reproducible sampling")
-    parser.add_argument("--stop", action="append", metavar="TEXT", help="stop string, repeatable")
-    parser.add_argument("--score-mode", choices=SCORE_MODES, default="mean_prob", help="per-candidate score")
-    parser.add_argument("--normalize", choices=NORMALIZATIONS, default="sum", help=(
-        "per-scorer normalisation: sum (paper), softmax, ratio (reference code), calibrated (margins in "
-        "each scorer's typical margin), rank (Borda)"))  # fmt: skip
-    parser.add_argument("--score-span", choices=SCORE_SPANS, default="full",
-                        help="score all tokens (full) or the shortest candidate's leading tokens (leading)")  # fmt: skip
-    parser.add_argument("--tie-break", choices=TIE_BREAKS, default=None, help=(
-        "who wins tied scores: the most self-confident member (self_score) or a fair coin seeded by the "
-        "candidates (coin); default coin with calibrated and rank, else self_score"))  # fmt: skip
-    parser.add_argument("--softmax-temperature", type=float, default=1.0, help="temperature of --normalize softmax")
-    parser.add_argument("--exclude-self", action="store_true", help="a scorer does not vote for its own draft")
-    parser.add_argument("--no-kv-cache", action="store_true", help="re-read the whole context every round (baseline)")
-    parser.add_argument("--exit", action="store_true", help="model exit: drop members that keep losing")
-    parser.add_argument("--exit-min-rounds", type=int, default=3, help="verified rounds before an exit (default 3)")
-    parser.add_argument("--exit-temperature", type=float, default=1.0, help="softmax temperature over Q (default 1)")
-    parser.add_argument("--exit-entropy", type=float, default=0.6, help="exit fires below this normalised entropy")
-    parser.add_argument("--exit-share", type=float, default=0.5, help="a member exits below this share of 1/n")
-    parser.add_argument("--exit-quality", choices=EXIT_QUALITIES, default="wins",
-                        help="what Q accumulates: rounds won (default) or aggregated scores")  # fmt: skip
-    parser.add_argument("--exit-rule", choices=EXIT_RULES, default="entropy",
-                        help="entropy of softmax(Q) (default) or a lead of exit_lead_z * sqrt(rounds)")  # fmt: skip
-    parser.add_argument("--exit-lead-z", type=float, default=1.645,
-                        help="--exit-rule lead: the lead needed, in sqrt(verified rounds) (default 1.645)")  # fmt: skip
-    parser.add_argument("--keep-exits", action="store_true", help=(
-        "with --exit --exit-rule lead: Q adds up across requests and a member that exits stays out of later "
-        "ones (specfuse serve; use a stricter --exit-lead-z, e.g. 3)"))  # fmt: skip
-    parser.add_argument("--tool-vote", choices=TOOL_VOTES, default="native", help=(
-        "with --tools: who votes on whether to call a tool: the members whose templates show the tools "
-        "(native, default) or every member (all)"))  # fmt: skip
-    parser.add_argument("--weights", action="store_true", help="online (Hedge) weights over scorers")
-    parser.add_argument("--weights-eta0", type=float, default=1.0, help="Hedge learning rate η0 (default 1)")
-    parser.add_argument("--weights-schedule", choices=WEIGHT_SCHEDULES, default="1/t", help="η_t decay (default 1/t)")
-    parser.add_argument("--keep-weights", action="store_true", help="carry weights (and calibrated scales) across requests")
+    fusion = parser.add_argument_group("fusion options (FusionConfig)")
+    for option in fusion_options():
+        flags = [_flag(option), *([_FLAG_ALIASES[option.name]] if option.name in _FLAG_ALIASES else [])]
+        default = "" if option.default in (None, ()) else f" (default {option.default})"
+        help_text = option.help + default
+        if option.kind is bool:
+            fusion.add_argument(*flags, dest=option.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)  # fmt: skip
+        elif option.kind is tuple:
+            fusion.add_argument(*flags, dest=option.name, action="append", metavar="TEXT", help=help_text + ", repeatable")
+        else:
+            fusion.add_argument(*flags, dest=option.name, type=option.kind, choices=option.choices, default=None,
+                                metavar=None if option.choices else option.kind.__name__.upper(), help=help_text)  # fmt: skip
+    fusion.add_argument("--no-kv-cache", dest="cache", action="store_false", default=None, help=argparse.SUPPRESS)  # older spelling
     parser.add_argument("--device", help="device for local members (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--dtype", help="dtype for local members (float32, bfloat16, float16)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="auto", help=(
@@ -83,7 +58,8 @@ def _fusion_arguments(parser: argparse.ArgumentParser) -> None:
         "turns (one at a time, all cores) or auto (parallel when there is a core per CPU member)"))  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, eval_options: bool = True) -> argparse.ArgumentParser:
+    """The ``specfuse`` parser; ``eval_options=False`` leaves the evaluation harness unimported."""
     parser = _Parser(
         prog="specfuse",
         description="Several LLMs answer together with SpecFuse (next-segment prediction ensembling).",
@@ -102,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--trace", action="store_true", help="after the answer, print a per-round table")
     output.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     commands.add_parser("presets", help="list the named member presets")
-    _eval_parser(commands)
+    _eval_parser(commands, with_options=eval_options)
     _serve_parser(commands)
     return parser
 
@@ -122,69 +98,33 @@ def _serve_parser(commands: Any) -> None:
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
-def _quality_harness() -> Any:
-    """``benchmarks.quality`` from the source checkout this package runs from (editable installs)."""
-    try:
-        from benchmarks import quality
-    except ImportError:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        if not os.path.isfile(os.path.join(root, "benchmarks", "quality.py")):
-            return None
-        sys.path.insert(0, root)
-        from benchmarks import quality
-    return quality
+EVAL_HELP = "IFEval-style quality of members alone vs SpecFuse variants, with a paired comparison (extra: eval)"
 
 
-def _eval_parser(commands: Any) -> None:
-    harness = _quality_harness()
-    help_text = "IFEval-style quality of members alone vs SpecFuse variants, with a paired comparison"
-    if harness is None:
-        commands.add_parser("eval", help=help_text + " (needs a source checkout)")
+def _eval_parser(commands: Any, *, with_options: bool) -> None:
+    """``specfuse eval``; its options come from the harness, imported only when that command runs."""
+    if not with_options:
+        commands.add_parser("eval", help=EVAL_HELP)
         return
-    commands.add_parser("eval", help=help_text, parents=[harness.build_parser(add_help=False)],
-                        description=harness.__doc__.split("\n\n")[0])  # fmt: skip
+    from specfuse_eval import quality
+
+    commands.add_parser("eval", help=EVAL_HELP, parents=[quality.build_parser(add_help=False)],
+                        description=(quality.__doc__ or "").split("\n\n")[0])  # fmt: skip
 
 
 def _eval(args: argparse.Namespace) -> int:
-    harness = _quality_harness()
-    if harness is None:
-        print("specfuse: error: 'specfuse eval' runs benchmarks/quality.py and needs a source checkout",
-              file=sys.stderr)  # fmt: skip
-        return EXIT_ERROR
+    from specfuse_eval import quality
+
     _quiet_libraries()
-    return harness.run(args, paired_to_stdout=True)
+    return quality.run(args, paired_to_stdout=True)
 
 
 def config_from_args(args: argparse.Namespace) -> FusionConfig:
-    return FusionConfig(
-        segment_tokens=args.segment_tokens,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop=tuple(args.stop or ()),
-        score_mode=args.score_mode,
-        normalize=args.normalize,
-        softmax_temperature=args.softmax_temperature,
-        score_span=args.score_span,
-        tie_break=args.tie_break,
-        exclude_self_scores=args.exclude_self,
-        cache=not args.no_kv_cache,
-        exit=args.exit,
-        exit_min_rounds=args.exit_min_rounds,
-        exit_temperature=args.exit_temperature,
-        exit_entropy=args.exit_entropy,
-        exit_share=args.exit_share,
-        exit_quality=args.exit_quality,
-        exit_rule=args.exit_rule,
-        exit_lead_z=args.exit_lead_z,
-        keep_exits=args.keep_exits,
-        weights=args.weights,
-        weights_eta0=args.weights_eta0,
-        weights_schedule=args.weights_schedule,
-        keep_weights=args.keep_weights,
-        tool_vote=args.tool_vote,
-    )
+    """The :class:`FusionConfig` of the fusion flags given (the others keep its defaults)."""
+    given = {o.name: getattr(args, o.name) for o in fusion_options() if getattr(args, o.name, None) is not None}
+    if "stop" in given:
+        given["stop"] = tuple(given["stop"])
+    return FusionConfig(**given)
 
 
 def member_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -313,8 +253,10 @@ def _presets() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     prefer_passive_openmp()  # before torch loads OpenMP; an OMP_WAIT_POLICY already set wins
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in arguments if not a.startswith("-")), None)
+    parser = build_parser(eval_options=command == "eval")
+    args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 try:
     from langchain_core.callbacks import (
@@ -59,7 +59,7 @@ try:
     from langchain_core.tools import BaseTool
     from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
     from langchain_core.utils.pydantic import is_basemodel_subclass
-    from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+    from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, create_model, model_validator
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "specfuse_integrations.langchain needs the 'langchain' extra (langchain-core): "
@@ -76,49 +76,30 @@ from specfuse_core import (
     MemberError,
     SegmentEvent,
 )
+from specfuse_core.config import FusionOption, fusion_options
 from specfuse_core.messages import validate_messages
-from specfuse_core.tools import ToolCallDelta, tool_request
+from specfuse_core.tools import TOOL_OPTIONS, ToolCallAccumulator, ToolCallDelta, tool_request
 
 __all__ = ["SEGMENT_EVENT", "ChatSpecFuse", "SpecFuseChatModel", "to_specfuse_messages"]
 
 SEGMENT_EVENT = "specfuse_segment"
 """Name of the custom callback event dispatched once per accepted segment."""
 
-# SpecFuseChatModel field -> FusionConfig field. ``kv_cache`` because ``cache`` is LangChain's
-# own response-cache option on every language model.
-_FUSION_FIELDS: dict[str, str] = {
-    "temperature": "temperature",
-    "max_tokens": "max_tokens",
-    "top_p": "top_p",
-    "seed": "seed",
-    "segment_tokens": "segment_tokens",
-    "score_mode": "score_mode",
-    "normalize": "normalize",
-    "softmax_temperature": "softmax_temperature",
-    "score_span": "score_span",
-    "tie_break": "tie_break",
-    "exclude_self_scores": "exclude_self_scores",
-    "kv_cache": "cache",
-    "exit": "exit",
-    "exit_min_rounds": "exit_min_rounds",
-    "exit_temperature": "exit_temperature",
-    "exit_entropy": "exit_entropy",
-    "exit_share": "exit_share",
-    "exit_quality": "exit_quality",
-    "exit_rule": "exit_rule",
-    "exit_lead_z": "exit_lead_z",
-    "keep_exits": "keep_exits",
-    "weights": "weights",
-    "weights_eta0": "weights_eta0",
-    "weights_schedule": "weights_schedule",
-    "keep_weights": "keep_weights",
-    "tool_vote": "tool_vote",
-}
+_STANDARD_FIELDS = frozenset({"temperature", "max_tokens", "top_p", "seed", "stop"})
+"""Fusion options that LangChain names as standard chat-model parameters (declared below with its aliases)."""
+
+_RENAMED_FIELDS = {"cache": "kv_cache"}
+"""Fusion options whose name is taken by a LangChain option (``cache`` is its response cache)."""
+
+
+def _field_name(option: FusionOption) -> str:
+    return _RENAMED_FIELDS.get(option.name, option.name)
+
+
+_FUSION_FIELDS: dict[str, str] = {_field_name(o): o.name for o in fusion_options()}
+"""SpecFuseChatModel field -> FusionConfig field, for every fusion option."""
 
 _ROLE_OF_TYPE = {"system": "system", "human": "user", "ai": "assistant"}
-
-_TOOL_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
-"""Per-call options passed to the ensemble as they are (see :meth:`specfuse_core.Ensemble.generate`)."""
 
 _DROPPED_ASSISTANT_BLOCKS = frozenset({"thinking", "redacted_thinking", "reasoning", "invalid_tool_call"})
 """Content blocks of a past assistant turn that members never see: another model's private reasoning
@@ -199,18 +180,11 @@ def to_specfuse_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]
 
 
 def _tool_call_chunks(deltas: Sequence[ToolCallDelta]) -> list[ToolCallChunk]:
-    """One LangChain ``tool_call_chunk`` per call index of a segment (a segment may carry several
-    deltas of one call: its name and its first argument text)."""
-    merged: dict[int, ToolCallChunk] = {}
-    for delta in deltas:
-        chunk = merged.get(delta.index)
-        if chunk is None:
-            merged[delta.index] = tool_call_chunk(name=delta.name, args=delta.arguments, id=delta.id, index=delta.index)
-            continue
-        chunk["name"] = chunk["name"] or delta.name
-        chunk["id"] = chunk["id"] or delta.id
-        chunk["args"] = (chunk["args"] or "") + delta.arguments
-    return list(merged.values())
+    """One LangChain ``tool_call_chunk`` per call of a segment (a segment may carry several deltas of
+    one call: its name and its first argument text)."""
+    return [
+        tool_call_chunk(name=d.name, args=d.arguments, id=d.id, index=d.index) for d in ToolCallAccumulator(deltas).calls
+    ]
 
 
 def _response_format(response_format: Any, strict: bool | None) -> dict[str, Any]:
@@ -300,7 +274,7 @@ def _manager_config(
     return {"callbacks": manager}
 
 
-class SpecFuseChatModel(BaseChatModel):
+class _SpecFuseChatModel(BaseChatModel):
     """A SpecFuse ensemble of several LLMs as a LangChain chat model.
 
     Construction:
@@ -350,40 +324,15 @@ class SpecFuseChatModel(BaseChatModel):
     """Default of ``bind_tools(parallel_tool_calls=...)``: ``False`` allows at most one tool call per
     answer (small members tend to repeat a call); ``None`` leaves it to the ensemble (several allowed)."""
 
-    # Fusion options (see FusionConfig); ``None`` keeps the ensemble's own value.
-    segment_tokens: int | None = None
-    score_mode: Literal["mean_prob", "mean_logprob", "mean_logit"] | None = None
-    normalize: Literal["sum", "softmax", "ratio", "calibrated", "rank"] | None = None
-    softmax_temperature: float | None = None
-    score_span: Literal["full", "leading"] | None = None
-    tie_break: Literal["self_score", "coin"] | None = None
-    """``FusionConfig.tie_break``: who wins tied scores (default: ``coin`` with calibrated/rank)."""
-    exclude_self_scores: bool | None = None
-    kv_cache: bool | None = None
-    """``FusionConfig.cache``: keep KV caches across rounds (``cache`` is LangChain's own option)."""
-    exit: bool | None = None
-    exit_min_rounds: int | None = None
-    exit_temperature: float | None = None
-    exit_entropy: float | None = None
-    exit_share: float | None = None
-    exit_quality: Literal["wins", "scores"] | None = None
-    exit_rule: Literal["entropy", "lead"] | None = None
-    exit_lead_z: float | None = None
-    keep_exits: bool | None = None
-    """``FusionConfig.keep_exits``: model exit across this model's requests (with ``exit_rule="lead"``)."""
-    weights: bool | None = None
-    weights_eta0: float | None = None
-    weights_schedule: Literal["1/t", "1/sqrt(t)"] | None = None
-    keep_weights: bool | None = None
-    tool_vote: Literal["native", "all"] | None = None
-    """``FusionConfig.tool_vote``: who votes on whether to call a tool."""
+    # Every other FusionConfig option is a field too, ``None`` keeping the ensemble's own value: they
+    # are added from FusionConfig's declarations below (``cache`` as ``kv_cache``).
 
     _ensemble: Ensemble | None = PrivateAttr(default=None)
     _overrides: dict[tuple[str, ...], Ensemble] = PrivateAttr(default_factory=dict)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="after")
-    def _check(self) -> SpecFuseChatModel:
+    def _check(self) -> _SpecFuseChatModel:
         if self.ensemble is not None and not isinstance(self.ensemble, Ensemble):
             raise ConfigError(f"ensemble must be a specfuse_core.Ensemble, got {type(self.ensemble).__name__}")
         if self.members is not None and not self.members:
@@ -577,14 +526,14 @@ class SpecFuseChatModel(BaseChatModel):
         for name, value in kwargs.items():
             if name in ("model", "timeout", "strict") or name.startswith("ls_") or value is None:
                 continue
-            if name in _TOOL_OPTIONS:
+            if name in TOOL_OPTIONS:
                 overrides[name] = value
                 continue
             if name == "stop":
                 stop = stop or value
                 continue
             if name not in _FUSION_FIELDS:
-                known = ", ".join(sorted([*_FUSION_FIELDS, *_TOOL_OPTIONS]))
+                known = ", ".join(sorted([*_FUSION_FIELDS, *TOOL_OPTIONS]))
                 raise ConfigError(f"unknown option {name!r} for SpecFuseChatModel; known: {known}")
             overrides[_FUSION_FIELDS[name]] = value
         if stop:
@@ -598,7 +547,7 @@ class SpecFuseChatModel(BaseChatModel):
     ) -> tuple[Ensemble, list[dict[str, Any]], dict[str, Any], float | None]:
         request = validate_messages(to_specfuse_messages(messages))  # before any model loads
         overrides = self._call_overrides(stop, kwargs)
-        tool_request(**{k: overrides[k] for k in _TOOL_OPTIONS if k in overrides})  # likewise
+        tool_request(**{k: overrides[k] for k in TOOL_OPTIONS if k in overrides})  # likewise
         timeout = kwargs.get("timeout", self.timeout)
         return self.get_ensemble(kwargs.get("model")), request, overrides, timeout
 
@@ -606,12 +555,9 @@ class SpecFuseChatModel(BaseChatModel):
 
     @staticmethod
     def _usage(result: FusionResult) -> UsageMetadata:
-        first = result.usage.get(result.members[0]) if result.members else None
-        input_tokens = first.prompt_tokens if first is not None else 0
+        usage = result.token_usage
         return UsageMetadata(
-            input_tokens=input_tokens,
-            output_tokens=result.output_tokens,
-            total_tokens=input_tokens + result.output_tokens,
+            input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens, total_tokens=usage.total_tokens
         )
 
     @staticmethod
@@ -731,9 +677,8 @@ class SpecFuseChatModel(BaseChatModel):
         overrides: dict[str, Any],
         timeout: float | None,
         run_manager: CallbackManagerForLLMRun | None,
-        on_segment: Any = None,
-    ) -> Iterator[tuple[SegmentEvent, FusionResult | None]]:
-        """Run one request; yield ``(event, result)``, with ``result`` set on the last event only."""
+    ) -> Iterator[SegmentEvent]:
+        """Run one request; yield its events (the last one carries the result)."""
         start = time.monotonic()
         stream = ensemble.stream(request, **overrides)
         try:
@@ -741,13 +686,9 @@ class SpecFuseChatModel(BaseChatModel):
                 config = self._event_config(run_manager, CallbackManager)
                 if config is not None:
                     dispatch_custom_event(SEGMENT_EVENT, event.to_dict(), config=config)
-                if event.finish_reason is None:
+                if event.result is None:
                     self._check_time(start, timeout)
-                    yield event, None
-                else:
-                    for _ in stream:  # the result is set once the stream is exhausted
-                        pass
-                    yield event, stream.result
+                yield event
         finally:
             stream.close()
 
@@ -761,9 +702,9 @@ class SpecFuseChatModel(BaseChatModel):
         ensemble, request, overrides, timeout = self._prepare(messages, stop, kwargs)
         for attempt in range(self.max_retries + 1):
             try:
-                for _event, result in self._run(ensemble, request, overrides, timeout, run_manager):
-                    if result is not None:
-                        return self._chat_result(ensemble, result)
+                for event in self._run(ensemble, request, overrides, timeout, run_manager):
+                    if event.result is not None:
+                        return self._chat_result(ensemble, event.result)
             except MemberError:
                 if attempt >= self.max_retries:
                     raise
@@ -777,16 +718,17 @@ class SpecFuseChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         ensemble, request, overrides, timeout = self._prepare(messages, stop, kwargs)
-        for event, result in self._run(ensemble, request, overrides, timeout, run_manager):
-            chunk = self._chunk(ensemble, event, result)
+        for event in self._run(ensemble, request, overrides, timeout, run_manager):
+            chunk = self._chunk(ensemble, event)
             if run_manager is not None:
                 run_manager.on_llm_new_token(event.content, chunk=chunk)
             yield chunk
 
-    def _chunk(self, ensemble: Ensemble, event: SegmentEvent, result: FusionResult | None) -> ChatGenerationChunk:
+    def _chunk(self, ensemble: Ensemble, event: SegmentEvent) -> ChatGenerationChunk:
         """One segment as a chunk: its content delta and its tool-call pieces (summed, they give the
         same message as ``invoke``)."""
         calls = _tool_call_chunks(event.tool_calls)
+        result = event.result
         if result is None:
             return ChatGenerationChunk(message=AIMessageChunk(content=event.content, tool_call_chunks=calls))
         message = AIMessageChunk(
@@ -807,7 +749,7 @@ class SpecFuseChatModel(BaseChatModel):
         overrides: dict[str, Any],
         timeout: float | None,
         run_manager: AsyncCallbackManagerForLLMRun | None,
-    ) -> AsyncIterator[tuple[SegmentEvent, FusionResult | None]]:
+    ) -> AsyncIterator[SegmentEvent]:
         start = time.monotonic()
         stream = ensemble.astream(request, **overrides)
         try:
@@ -815,13 +757,9 @@ class SpecFuseChatModel(BaseChatModel):
                 config = self._event_config(run_manager, AsyncCallbackManager)
                 if config is not None:
                     await adispatch_custom_event(SEGMENT_EVENT, event.to_dict(), config=config)
-                if event.finish_reason is None:
+                if event.result is None:
                     self._check_time(start, timeout)
-                    yield event, None
-                else:
-                    async for _ in stream:
-                        pass
-                    yield event, stream.result
+                yield event
         finally:
             await stream.aclose()
 
@@ -835,9 +773,9 @@ class SpecFuseChatModel(BaseChatModel):
         ensemble, request, overrides, timeout = self._prepare(messages, stop, kwargs)
         for attempt in range(self.max_retries + 1):
             try:
-                async for _event, result in self._arun(ensemble, request, overrides, timeout, run_manager):
-                    if result is not None:
-                        return self._chat_result(ensemble, result)
+                async for event in self._arun(ensemble, request, overrides, timeout, run_manager):
+                    if event.result is not None:
+                        return self._chat_result(ensemble, event.result)
             except MemberError:
                 if attempt >= self.max_retries:
                     raise
@@ -851,12 +789,26 @@ class SpecFuseChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         ensemble, request, overrides, timeout = self._prepare(messages, stop, kwargs)
-        async for event, result in self._arun(ensemble, request, overrides, timeout, run_manager):
-            chunk = self._chunk(ensemble, event, result)
+        async for event in self._arun(ensemble, request, overrides, timeout, run_manager):
+            chunk = self._chunk(ensemble, event)
             if run_manager is not None:
                 await run_manager.on_llm_new_token(event.content, chunk=chunk)
             yield chunk
 
+
+def _fusion_fields() -> dict[str, Any]:
+    """A pydantic field for every fusion option without a standard LangChain name: ``None`` by default."""
+    return {
+        _field_name(o): (Optional[o.annotation], Field(default=None, description=o.help))  # noqa: UP045
+        for o in fusion_options()
+        if o.name not in _STANDARD_FIELDS
+    }
+
+
+SpecFuseChatModel = create_model(  # type: ignore[call-overload]
+    "SpecFuseChatModel", __base__=_SpecFuseChatModel, __module__=__name__, __doc__=_SpecFuseChatModel.__doc__,
+    **_fusion_fields(),
+)  # fmt: skip
 
 ChatSpecFuse = SpecFuseChatModel
 """The conventional ``Chat<Provider>`` name of :class:`SpecFuseChatModel`."""

@@ -58,7 +58,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from specfuse_core import Ensemble, FusionConfig, FusionResult, SegmentEvent
 from specfuse_core.errors import ConfigError, InvalidRequestError
+from specfuse_core.config import fusion_option_names
 from specfuse_core.messages import validate_messages
+from specfuse_core.tools import TOOL_OPTIONS as _TOOL_OPTIONS
+from specfuse_core.tools import ToolCallAccumulator
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -74,15 +77,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
-FUSION_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(FusionConfig)) - {"extra"}
+FUSION_FIELDS: frozenset[str] = fusion_option_names()
 """Keyword arguments that are fusion options (``FusionConfig`` fields)."""
 
-TOOL_OPTIONS: frozenset[str] = frozenset({"tools", "tool_choice", "parallel_tool_calls", "response_format"})
+TOOL_OPTIONS: frozenset[str] = frozenset(_TOOL_OPTIONS)
 """Keyword arguments that go to the ensemble as tool / structured-output options."""
 
 _ROLES = {
     MessageRole.SYSTEM: "system",
-    MessageRole.DEVELOPER: "system",
+    MessageRole.DEVELOPER: "developer",
     MessageRole.USER: "user",
     MessageRole.ASSISTANT: "assistant",
     MessageRole.CHATBOT: "assistant",
@@ -249,27 +252,19 @@ def _kwargs_of(value: dict[str, Any] | str) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class _Partial:
-    """The tool calls of a streamed answer so far, merged from :class:`ToolCallDelta`\\ s by index."""
+    """The answer streamed so far: its content, and its tool calls merged by the core's accumulator."""
 
     content: str = ""
-    calls: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    calls: ToolCallAccumulator = dataclasses.field(default_factory=ToolCallAccumulator)
 
     def add(self, event: SegmentEvent) -> None:
         self.content += event.content
-        for delta in event.tool_calls:
-            call = self.calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
-            if delta.id is not None:
-                call["id"] = delta.id
-            if delta.name is not None:
-                call["name"] = delta.name
-            call["arguments"] += delta.arguments
+        self.calls.add(event.tool_calls)
 
     def blocks(self) -> list[ToolCallBlock]:
         """Calls so far, arguments as the JSON text received (LlamaIndex reads partial JSON)."""
         return [
-            ToolCallBlock(tool_call_id=c["id"], tool_name=c["name"], tool_kwargs=c["arguments"])
-            for _, c in sorted(self.calls.items())
-            if c["name"]
+            ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in self.calls.calls if c.name
         ]
 
 
@@ -476,12 +471,7 @@ class SpecFuseLLM(FunctionCallingLLM):
         """The per-call options for the ensemble: fusion options plus tool / response-format options."""
         overrides = {k: v for k, v in kwargs.items() if k in FUSION_FIELDS or (k in TOOL_OPTIONS and v is not None)}
         if "tools" in kwargs:
-            overrides["tools"] = to_specfuse_tools(kwargs["tools"])
-            if overrides["tools"] is None:  # no tools (an agent without tools): a plain chat
-                del overrides["tools"]
-                overrides.pop("parallel_tool_calls", None)
-                if overrides.get("tool_choice") in ("auto", "none"):
-                    del overrides["tool_choice"]  # anything that forces a call still fails, naming the problem
+            overrides["tools"] = to_specfuse_tools(kwargs["tools"])  # none: a plain chat (the core's no-tools rule)
         ignored = sorted(set(kwargs) - FUSION_FIELDS - TOOL_OPTIONS)
         if ignored:
             logger.debug("SpecFuseLLM ignores keyword argument(s): %s", ", ".join(ignored))
@@ -515,7 +505,7 @@ class SpecFuseLLM(FunctionCallingLLM):
         extra: dict[str, Any] = {
             "specfuse": summary,
             "finish_reason": result.finish_reason,
-            "completion_tokens": result.output_tokens,
+            **result.token_usage.to_openai(),
             "model_name": self._ensemble.name,
         }
         if result.invalid_tool_calls:
@@ -531,33 +521,31 @@ class SpecFuseLLM(FunctionCallingLLM):
 
     def _run(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> tuple[FusionResult, dict, dict]:
         span_id = _active_span_id()
-        stream = self._ensemble.stream(messages, **self._overrides(kwargs))
-        with stream:
+        with self._ensemble.stream(messages, **self._overrides(kwargs)) as stream:
             for event in stream:
                 self._segment(event, span_id)
-        result = stream.result
+                result = event.result
         extra, raw = self._finished(result, span_id)
         return result, extra, raw
 
     async def _arun(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> tuple[FusionResult, dict, dict]:
         span_id = _active_span_id()
-        stream = self._ensemble.astream(messages, **self._overrides(kwargs))
-        async with stream:
+        async with self._ensemble.astream(messages, **self._overrides(kwargs)) as stream:
             async for event in stream:
                 self._segment(event, span_id)
-        result = stream.result
+                result = event.result
         extra, raw = self._finished(result, span_id)
         return result, extra, raw
 
-    def _step(self, event: SegmentEvent, partial: _Partial, stream: Any, span_id: str | None) -> _Step:
+    def _step(self, event: SegmentEvent, partial: _Partial, span_id: str | None) -> _Step:
         """The response after one more accepted segment (the final one carries the parsed calls and summary)."""
         partial.add(event)
         self._segment(event, span_id)
-        if event.finish_reason is None:
+        if event.result is None:
             message = _assistant_message(partial.content, partial.blocks())
             return _Step(event.content, message, self._segment_kwargs(event), event.to_dict())
-        extra, raw = self._finished(stream.result, span_id)
-        return _Step(event.content, self._final_message(stream.result), {**self._segment_kwargs(event), **extra}, raw)
+        extra, raw = self._finished(event.result, span_id)
+        return _Step(event.content, self._final_message(event.result), {**self._segment_kwargs(event), **extra}, raw)
 
     def _iter(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> Generator[_Step, None, None]:
         """One :class:`_Step` per accepted segment; the last carries the summary and the parsed calls."""
@@ -568,10 +556,7 @@ class SpecFuseLLM(FunctionCallingLLM):
             partial = _Partial()
             with stream:
                 for event in stream:
-                    if event.finish_reason is not None:
-                        for _ in stream:  # already finished: this only completes the result
-                            pass
-                    yield self._step(event, partial, stream, span_id)
+                    yield self._step(event, partial, span_id)
 
         return gen()
 
@@ -583,10 +568,7 @@ class SpecFuseLLM(FunctionCallingLLM):
             partial = _Partial()
             async with stream:
                 async for event in stream:
-                    if event.finish_reason is not None:
-                        async for _ in stream:
-                            pass
-                    yield self._step(event, partial, stream, span_id)
+                    yield self._step(event, partial, span_id)
 
         return gen()
 

@@ -81,7 +81,7 @@ class _Run:
         self.state = state
         self.stream = stream
         self.arrival = arrival
-        self.queue: asyncio.Queue[tuple[SegmentEvent, FusionResult | None] | BaseException] = asyncio.Queue()
+        self.queue: asyncio.Queue[SegmentEvent | BaseException] = asyncio.Queue()
         self.result: FusionResult | None = None
         self.task = asyncio.get_running_loop().create_task(self._produce())
         state.runs.add(self.task)
@@ -94,19 +94,15 @@ class _Run:
             await self.state.admission.enter()
             admitted = True
             metrics.queue_wait.observe(time.perf_counter() - self.arrival)
-            final: SegmentEvent | None = None
             async for event in self.stream:
                 if event.round == 1:
                     metrics.first_segment.observe(time.perf_counter() - self.arrival)
                 metrics.segment(event)
-                if event.finish_reason is not None:
-                    final = event  # sent with the result, right after the stream closes
-                else:
-                    self.queue.put_nowait((event, None))
-            self.result = self.stream.result
-            metrics.finished(self.result, protocol.usage(self.result)["prompt_tokens"], time.perf_counter() - self.arrival)
-            if final is not None:
-                self.queue.put_nowait((final, self.result))
+                if event.result is not None:
+                    self.result = event.result
+                    metrics.finished(event.result, event.result.token_usage.prompt_tokens,
+                                     time.perf_counter() - self.arrival)  # fmt: skip
+                self.queue.put_nowait(event)
         except asyncio.CancelledError:
             metrics.requests.labels("cancelled").inc()
             raise
@@ -243,10 +239,12 @@ def create_app(
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     max_queue: int = DEFAULT_MAX_QUEUE,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    shutdown_timeout: float = 10.0,
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """The ASGI app. ``ensemble`` is an :class:`Ensemble`, or a function that builds one: it then runs
-    in a thread at start-up while the server already answers (``503`` until it is done)."""
+    in a thread at start-up while the server already answers (``503`` until it is done). At shutdown,
+    requests still running are cancelled and get ``shutdown_timeout`` seconds to free their sessions."""
     if max_concurrent < 1 or max_queue < 0:
         raise ConfigError("max_concurrent must be >= 1 and max_queue >= 0")
     state = _State(ensemble, api_key=api_key, model_name=model_name, max_concurrent=max_concurrent,
@@ -257,7 +255,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading.append(asyncio.create_task(state.load()))
         yield
-        await state.drain(timeout=10.0)
+        await state.drain(timeout=shutdown_timeout)
 
     app = FastAPI(title="specfuse", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.specfuse = state
@@ -331,7 +329,7 @@ async def _events(run: _Run, ids: tuple[str, int, str], include_usage: bool) -> 
             if isinstance(item, BaseException):
                 yield protocol.sse(_engine_error(item).body())
                 return
-            event, result = item
+            event, result = item, item.result
             summary = result.summary() if result is not None else None
             yield protocol.sse(protocol.chunk(*ids, event, first=first, summary=summary))
             first = False
@@ -448,7 +446,7 @@ def serve(
         if server is not None:
             server.should_exit = True
 
-    app = create_app(ensemble, on_fatal=fatal, **app_options)
+    app = create_app(ensemble, on_fatal=fatal, shutdown_timeout=shutdown_timeout, **app_options)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout,
                             lifespan="on", server_header=False)  # fmt: skip
     server = uvicorn.Server(config)

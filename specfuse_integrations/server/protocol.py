@@ -17,17 +17,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from specfuse_core import FusionResult, SegmentEvent
+from specfuse_core.config import fusion_option_names
+from specfuse_core.tools import TOOL_OPTIONS
 
-# FusionConfig fields a request may set through the non-OpenAI ``specfuse`` object. Server-wide
-# state (keep_weights, keep_exits) and internals (extra) stay with the operator.
-REQUEST_FUSION_OPTIONS = frozenset({
-    "segment_tokens", "score_mode", "normalize", "softmax_temperature", "score_span", "tie_break", "exclude_self_scores",
-    "cache", "exit", "exit_min_rounds", "exit_temperature", "exit_entropy", "exit_share", "exit_quality",
-    "exit_rule", "exit_lead_z", "weights", "weights_eta0", "weights_schedule", "tool_vote",
-})  # fmt: skip
+OPENAI_FUSION_OPTIONS = frozenset({"max_tokens", "temperature", "top_p", "seed", "stop"})
+"""FusionConfig fields that OpenAI's own request fields carry."""
+
+REQUEST_FUSION_OPTIONS = fusion_option_names(per_request=True) - OPENAI_FUSION_OPTIONS
+"""FusionConfig fields a request may set through the non-OpenAI ``specfuse`` object. Server-wide state
+(``keep_weights``, ``keep_exits``) stays with the operator (``specfuse serve`` flags)."""
 
 MAX_STOP_STRINGS = 4  # OpenAI's own limit
-TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 class APIError(Exception):
@@ -172,10 +172,9 @@ def to_engine_request(body: dict[str, Any]) -> EngineRequest:
             known = ", ".join(sorted(REQUEST_FUSION_OPTIONS))
             raise APIError(400, f"unknown specfuse option {name!r}; known: {known}", param=f"specfuse.{name}")
         overrides[name] = value
-    messages = [_message(m) for m in request.messages]
     return EngineRequest(
         model=request.model,
-        messages=messages,
+        messages=request.messages,
         overrides={k: v for k, v in overrides.items() if v is not None},
         stream=bool(request.stream),
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
@@ -184,25 +183,9 @@ def to_engine_request(body: dict[str, Any]) -> EngineRequest:
 
 
 def _tool_fields(request: ChatCompletionRequest) -> dict[str, Any]:
-    """``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` for the engine, as sent
-    (the core validates them); values that mean "no tools" are dropped."""
-    given = {name: getattr(request, name) for name in TOOL_FIELDS if getattr(request, name) is not None}
-    if not given.get("tools", True):
-        del given["tools"]
-    if "tools" not in given:
-        given.pop("parallel_tool_calls", None)
-        if given.get("tool_choice") == "none":
-            del given["tool_choice"]
-    if given.get("response_format") == {"type": "text"}:
-        del given["response_format"]
-    return given
-
-
-def _message(message: Any) -> Any:
-    # OpenAI's newer "developer" role is the system role of older models.
-    if isinstance(message, dict) and message.get("role") == "developer":
-        return {**message, "role": "system"}
-    return message
+    """``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` as sent; the core
+    validates them and applies the no-tools rule."""
+    return {name: getattr(request, name) for name in TOOL_OPTIONS if getattr(request, name) is not None}
 
 
 # -- responses --------------------------------------------------------------------------------------
@@ -217,11 +200,8 @@ def now() -> int:
 
 
 def usage(result: FusionResult) -> dict[str, int]:
-    """OpenAI usage: prompt tokens in the first member's tokenizer, like the adapters report them."""
-    first = result.usage.get(result.members[0]) if result.members else None
-    prompt = first.prompt_tokens if first is not None else 0
-    return {"prompt_tokens": prompt, "completion_tokens": result.output_tokens,
-            "total_tokens": prompt + result.output_tokens}  # fmt: skip
+    """OpenAI usage, as every front door reports it (:attr:`FusionResult.token_usage`)."""
+    return result.token_usage.to_openai()
 
 
 def completion(completion_id: str, created: int, model: str, result: FusionResult) -> dict[str, Any]:
