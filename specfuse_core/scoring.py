@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from .config import Normalization, ScoreMode
+from .config import FusionConfig, Normalization, ScoreMode
 
 LOG_DOMAIN_MODES = ("mean_logprob", "mean_logit")
 STATEFUL_NORMALIZATIONS = ("calibrated",)
@@ -268,3 +268,83 @@ def select_winner(
             first_drafter[i],
         ),
     )
+
+
+def mean_self_scores(
+    matrix: Sequence[ScoreRow], scorer_names: Sequence[str], drafters: Sequence[Collection[str]]
+) -> list[float]:
+    """Each candidate's mean raw score from the scorers that drafted it (``-inf`` when none of them
+    scored it): the tie-break of ``tie_break="self_score"``. ``drafters[i]``: who drafted candidate i."""
+    out = []
+    for i, names in enumerate(drafters):
+        values = [matrix[j][i] for j, name in enumerate(scorer_names) if name in names]
+        own = [float(v) for v in values if v is not None]
+        out.append(sum(own) / len(own) if own else float("-inf"))
+    return out
+
+
+def voting_scores(
+    matrix: Sequence[ScoreRow], scorer_names: Sequence[str], drafters: Sequence[Collection[str]], exclude_self: bool
+) -> list[ScoreRow]:
+    """The scores that vote: the raw matrix, or with ``exclude_self`` (``exclude_self_scores``) every
+    scorer's scores of its own drafts blanked. Calibrated margins are updated from these rows."""
+    if not exclude_self:
+        return [list(row) for row in matrix]
+    return exclude_self_scores(matrix, [[name in names for names in drafters] for name in scorer_names])
+
+
+def round_winner(
+    matrix: Sequence[ScoreRow],
+    scorer_names: Sequence[str],
+    drafters: Sequence[Collection[str]],
+    weights: Sequence[float],
+    order: Mapping[str, int],
+    config: FusionConfig,
+    *,
+    texts: Sequence[str] | None = None,
+    lengths: Sequence[int] | None = None,
+    typical_margins: Sequence[float] | None = None,
+    eligible: Sequence[bool] | None = None,
+) -> tuple[list[float], int]:
+    """A verified round's totals and winner under ``config`` (§3, steps 5–6): the voting scores
+    (:func:`voting_scores`) normalised per scorer, aggregated with ``weights`` rescaled to sum to 1, and
+    the winner by :func:`select_winner` with the configuration's tie-breaks.
+
+    - ``matrix[j][i]``: scorer ``scorer_names[j]``'s raw score of candidate i; ``drafters[i]``: the
+      members that drafted candidate i;
+    - ``weights``: one weight per scorer (a weight of 0 does not vote; all 0: every row weighs 0);
+    - ``order``: each member's position in the ensemble (a tie's last resort: the earlier member);
+    - ``texts``: the candidates' texts, needed when the tie-break is ``coin``;
+    - ``lengths``: ``len(text) + ends`` per candidate, needed with ``score_span="leading"``;
+    - ``typical_margins``: each scorer's ``S_j`` (already updated with this round), needed with
+      ``normalize="calibrated"``;
+    - ``eligible``: the candidates allowed to win (default: all).
+    """
+    voting = voting_scores(matrix, scorer_names, drafters, config.exclude_self_scores)
+    normalized = normalize_matrix(
+        voting,
+        config.normalize,
+        mode=config.score_mode,
+        temperature=config.softmax_temperature,
+        typical_margins=typical_margins,
+    )
+    total_weight = sum(weights) or 1.0
+    totals = aggregate(normalized, [w / total_weight for w in weights])
+    coin = None
+    if config.effective_tie_break == "coin":
+        if texts is None:
+            raise ValueError("tie_break='coin' needs the candidates' texts")
+        coin = [coin_key(text) for text in texts]
+    leading = config.score_span == "leading"
+    if leading and lengths is None:
+        raise ValueError("score_span='leading' needs the candidates' lengths")
+    winner = select_winner(
+        totals,
+        mean_self_scores(matrix, scorer_names, drafters),
+        [min(order[name] for name in names) for names in drafters],
+        lengths=lengths if leading else None,
+        tolerance=1e-6 if leading else 0.0,
+        eligible=eligible,
+        coin=coin,
+    )
+    return totals, winner
