@@ -1,4 +1,4 @@
-"""Round cost, KV-cache speedup, ensemble throughput and peak memory (issue: linear-cost rounds).
+"""Round cost, KV-cache speedup, ensemble throughput and peak memory (linear-cost rounds).
 
 Run from the repo root:  .venv/bin/python -m benchmarks.rounds --json
 Every measurement runs in its own subprocess, so each peak-memory figure is clean.
@@ -7,11 +7,11 @@ Every measurement runs in its own subprocess, so each peak-memory figure is clea
    rounds 40-45 (or the last five), and their ratio.
 2. End-to-end time of a 400-token answer with vs without the cache (same prompt, greedy).
 3. Ensemble throughput (accepted tokens/s in the first member's tokenizer) vs each member's solo
-   `generate` throughput and the one-CPU bound of algorithm.md §7: L/(L+1) / Σ_i (1/v_i).
+   `generate` throughput and the one-CPU bound of docs/algorithm.md §7: L/(L+1) / Σ_i (1/v_i).
    Where the time goes: total draft, verify and other (engine) time per mode.
 4. Peak RSS of the ensemble vs the sum of the members' solo peaks.
 
-``--part schedule`` (issue 15) measures the scheduler instead, each run in its own subprocess:
+``--part schedule`` measures the scheduler (``specfuse_core/scheduler.py``) instead, each run in its own subprocess:
 
 5. A 120-token answer with today's schedule (``turns``: members take turns, torch's default thread
    count, default OpenMP wait policy) vs the new default (``auto``, as the ``specfuse`` command runs
@@ -115,7 +115,7 @@ CONCURRENT_PROMPTS = (
 def child_schedule(args: argparse.Namespace) -> dict[str, Any]:
     """One 120-token answer under ``args.schedule``: wall and CPU time."""
     if args.schedule == "turns":
-        import torch  # noqa: F401 - loaded before specfuse: OpenMP keeps its default wait policy, as before issue 15
+        import torch  # noqa: F401 - loaded before specfuse: OpenMP's default wait policy, as before the scheduler
     else:
         from specfuse_core.scheduler import prefer_passive_openmp
 
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--part", choices=("cache", "schedule"), default="cache",
-                        help="cache: round cost and the KV cache (default); schedule: the scheduler (issue 15)")  # fmt: skip
+                        help="cache: round cost and the KV cache (default); schedule: the scheduler")  # fmt: skip
     parser.add_argument("--resume", metavar="DIR", help="save each measurement in DIR and reuse the ones already there")
     parser.add_argument("--concurrent-tokens", type=int, default=48, help="--part schedule: tokens per concurrent answer")
     parser.add_argument("--child", choices=("solo", "ensemble", "schedule", "concurrent", "batch-step"), help=argparse.SUPPRESS)

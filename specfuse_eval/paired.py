@@ -1,4 +1,4 @@
-"""Paired statistics for the quality benchmark (issue 14): does a configuration beat the best member?
+"""Paired statistics for the evaluation harnesses: does a configuration beat the best member alone?
 
 Every configuration answers the same prompts, so the comparison is paired:
 

@@ -1,8 +1,13 @@
-"""Quality benchmark (issue #7): IFEval accuracy and cost of each member alone vs SpecFuse variants.
+"""IFEval accuracy and cost of each member alone and of SpecFuse variants, paired against the best member.
 
-Run from the repo root:
+Run it as ``specfuse eval`` (or ``python -m specfuse_eval.quality``; ``python -m benchmarks.quality`` in
+a source checkout), with the IFEval prompts given by ``--data``:
 
-    .venv/bin/python -m benchmarks.quality --limit 10 --max-tokens 128 --json
+    specfuse eval --data ifeval.jsonl --limit 10 --max-tokens 128 --json
+
+``--data`` is a JSONL file of IFEval prompts, one ``{"key", "prompt", "instruction_id_list", "kwargs"}``
+object per line, as in google-research's ``instruction_following_eval/data/input_data.jsonl``.
+Without ``--data``, ``../shared/data/ifeval/dev.jsonl`` is used if it exists from the current directory.
 
 Every configuration answers the same IFEval prompts with greedy decoding (temperature 0), the same
 chat template and the same token budget. "Member alone" is an ensemble of that one member: every
@@ -14,10 +19,12 @@ Responses are cached per (configuration, prompt) as JSON files under
 and segment length; the hash every fusion option, so a changed default or a ``--fusion KEY=VALUE``
 override never reuses stale answers), so an interrupted run continues where it stopped. Prompts are
 processed prompt-major (every configuration answers prompt 1, then prompt 2, ...) so an interrupted
-run has the same N everywhere.
+run has the same N everywhere. ``--results`` defaults to ``benchmarks/results/quality`` under the
+current directory, created when missing.
 
 Outputs: ``results.md`` (a table) and ``quality.png`` (prompt-level accuracy vs member calls per
-round) in the run directory; ``--json`` prints one JSON object as the last line.
+round) in the run directory; ``--json`` prints one JSON object as the last line. Scoring needs the
+``eval`` extra: ``pip install 'specfuse[eval]'``.
 """
 
 from __future__ import annotations
@@ -35,15 +42,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from . import DataNotFoundError, MissingDependencyError, require
+
 DEFAULT_DATA = "../shared/data/ifeval/dev.jsonl"
+"""Used when ``--data`` is not given, if it exists from the current directory (a source checkout beside
+the shared data sets)."""
 DEFAULT_RESULTS = "benchmarks/results/quality"
 FUSION_CONFIGS: dict[str, dict[str, Any]] = {
     "specfuse": {},
     "specfuse+exit": {"exit": True},
     "specfuse+weights": {"weights": True},
     "specfuse+exit+weights": {"exit": True, "weights": True},
-    # Issue 14: fair votes. Not in "all"; name them in --configs.
+    # Fair votes (normalisations that give every scorer the same say). Not in "all"; name them in --configs.
     "specfuse+logit": {"score_mode": "mean_logit"},
     "specfuse+reference": {"score_mode": "mean_logit", "normalize": "ratio"},
     "specfuse+calibrated": {"normalize": "calibrated"},
@@ -70,17 +80,28 @@ stay out of the cache hash (adding one does not throw away cached answers)."""
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """A relative path that exists from the current directory (``specfuse eval --data mine.jsonl``),
-    else relative to the repo root (the defaults); absolute paths stay as they are."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    return p.resolve() if p.exists() else (REPO_ROOT / p).resolve()
+    """A path as given, relative paths taken from the current directory (``~`` expanded)."""
+    return Path(path).expanduser().resolve()
 
 
-def load_prompts(path: str | os.PathLike[str], limit: int | None = None) -> list[dict[str, Any]]:
+def data_path(
+    given: str | os.PathLike[str] | None, *, default: str = DEFAULT_DATA, what: str = "IFEval prompts (JSONL)"
+) -> Path:
+    """The data file or directory to read: ``given``, else ``default`` if it exists from the current
+    directory. Raises :class:`~specfuse_eval.DataNotFoundError` saying what is missing and how to pass it."""
+    path = resolve(given if given is not None else default)
+    if path.exists():
+        return path
+    if given is not None:
+        raise DataNotFoundError(f"{what}: {path} does not exist (given by --data {given})")
+    raise DataNotFoundError(f"{what}: no --data given and the default {default} does not exist from "
+                            f"{Path.cwd()} (looked for {path}); pass the data with --data PATH")  # fmt: skip
+
+
+def load_prompts(path: str | os.PathLike[str] | None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first ``limit`` IFEval rows of the JSONL file ``path`` (``None``: the default, see :func:`data_path`)."""
     rows: list[dict[str, Any]] = []
-    with open(resolve(path), encoding="utf-8") as f:
+    with open(data_path(path), encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 rows.append(json.loads(line))
@@ -124,6 +145,13 @@ def run_id(member_specs: Sequence[str], max_tokens: int, segment_tokens: int) ->
 # -- the resumable response cache -------------------------------------------------------------------
 
 
+def fusion_config(config: str, overrides: dict[str, Any], configs: dict[str, dict[str, Any]] = FUSION_CONFIGS) -> Any:
+    """The :class:`~specfuse_core.FusionConfig` of a fused configuration (generation settings at their defaults)."""
+    from specfuse_core import FusionConfig
+
+    return FusionConfig(**{**configs[config], **overrides})
+
+
 def fusion_options(
     config: str,
     overrides: dict[str, Any],
@@ -133,9 +161,7 @@ def fusion_options(
 ) -> dict[str, Any]:
     """Every FusionConfig option of a fused configuration in ``configs`` (validated), generation
     settings aside, and tool-only options too unless ``tool_options``."""
-    from specfuse_core import FusionConfig
-
-    fusion = FusionConfig(**{**configs[config], **overrides})
+    fusion = fusion_config(config, overrides, configs)
     options = dataclasses.asdict(fusion)
     # The tie-break as it acts; the old one (self_score) stays out of the hash, so that adding the
     # option kept every cached answer that it does not change.
@@ -146,7 +172,7 @@ def fusion_options(
         if options[name] == default:
             del options[name]
     for generation_setting in ("extra", "temperature", "top_p", "seed", "max_tokens", "segment_tokens", "stop"):
-        options.pop(generation_setting)
+        options.pop(generation_setting, None)  # "extra" is not a field of every FusionConfig version
     if not tool_options:
         for tool_option in TOOL_ONLY_OPTIONS:
             options.pop(tool_option)
@@ -331,7 +357,9 @@ def record_from_result(result: Any, seconds: float) -> dict[str, Any]:
             "scores": [list(r) for r in e.scores],
             "scorers": list(e.scorers),
             "totals": list(e.totals),
+            "weights": dict(e.weights),
             "candidate_drafters": [list(c.drafters) for c in e.candidates],
+            "candidate_texts": [c.text for c in e.candidates],
             "candidate_chars": [len(c.text) for c in e.candidates],
             "candidate_ends": [c.ends for c in e.candidates],
             "chars": len(e.text),
@@ -427,8 +455,11 @@ def summarize(
     }
 
 
-def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) -> dict[str, Any]:
-    """Why a fusion configuration wins or loses, from the stored per-round traces (contested rounds only).
+def diagnostics(
+    records: Sequence[dict[str, Any]], member_names: Sequence[str], config: Any = None
+) -> dict[str, Any]:
+    """Why a fusion configuration (``config``, a :class:`~specfuse_core.FusionConfig`; default: the
+    defaults) wins or loses, from the stored per-round traces (contested rounds only).
 
     - ``win_share_by_phase``: winner shares in rounds 1-3 vs later rounds;
     - ``self_preference[j]``: how often scorer j's highest raw score went to its own draft;
@@ -436,27 +467,33 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
     - ``decided_by[j]``: how often the winner was scorer j's own first choice;
     - ``mean_raw_score[j][k]``: scorer j's mean raw score (mean token probability) of k's drafts;
     - ``flip_if_exclude_self``: share of rounds whose winner would change (that round only) if a
-      scorer did not vote on its own draft (engine tie-break included; with two single-drafter
-      candidates and ``sum`` normalisation the totals always tie, so the higher self-score wins);
+      scorer did not vote on its own draft, decided by the engine's own rule (:func:`replay_rounds`;
+      with two single-drafter candidates the totals always tie, so the tie-break decides); ``None``
+      when no round can be replayed (a coin tie-break on answers cached without candidate texts);
     - ``final_quality_gap[kind]``: median over answers of the gap between the members' cumulative
       quality ``Q`` at the end of the answer, with ``Q`` counting rounds won (``wins``, the default
-      ``exit_quality``) or summing aggregated scores (``scores``, algorithm.md §4's wording);
+      ``exit_quality``) or summing aggregated scores (``scores``, ``docs/algorithm.md`` §4's wording);
     - ``min_exit_entropy[kind]``: median over answers of the lowest normalised entropy of
       ``softmax(Q)`` (exit temperature 1) reached while both members were active; model exit needs it
       below ``exit_entropy`` (0.6 by default).
     """
-    from specfuse_core import policies, scoring
+    from specfuse_core import FusionConfig, policies
 
     phases: dict[str, dict[str, float]] = {"rounds 1-3": {}, "rounds 4+": {}}
     counts = {"rounds 1-3": 0, "rounds 4+": 0}
     self_pref = {m: [0, 0] for m in member_names}
     decided = {m: 0 for m in member_names}
     raw: dict[str, dict[str, list[float]]] = {j: {k: [] for k in member_names} for j in member_names}
-    agree = flips = contested = 0
+    agree = flips = contested = replayed = 0
+    excluding = (config or FusionConfig()).replace(exclude_self_scores=True)
     kinds = ("wins", "scores")
     gaps: dict[str, list[float]] = {kind: [] for kind in kinds}
     min_entropy: dict[str, list[float]] = {kind: [] for kind in kinds}
     for record in records:
+        for index, _, winner in replay_rounds(record, excluding, member_names):
+            t = record["trace"][index]
+            replayed += 1
+            flips += t["candidate_drafters"][winner] != t["winners"]
         quality = {kind: {m: 0.0 for m in member_names} for kind in kinds}
         lowest, verified = dict.fromkeys(kinds, 1.0), 0
         for t in record.get("trace", []):
@@ -498,14 +535,6 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
                         if j in raw and k in raw[j]:
                             raw[j][k].append(row[i])
             agree += len(set(tops)) == 1
-            proposed = [[j in d for d in drafters] for j in scorers]
-            excluded = scoring.normalize_matrix(scoring.exclude_self_scores(matrix, proposed), "sum")
-            totals = scoring.aggregate(excluded, [1.0 / len(scorers)] * len(scorers))
-            own = [[row[i] for j, row in zip(scorers, matrix) if j in d] for i, d in enumerate(drafters)]
-            self_scores = [sum(v) / len(v) if v else float("-inf") for v in own]
-            order = [min(member_names.index(k) if k in member_names else 99 for k in d) for d in drafters]
-            if drafters[scoring.select_winner(totals, self_scores, order)] != t["winners"]:
-                flips += 1
 
     def share(a: float, b: float) -> float:
         return round(a / b, 4) if b else 0.0
@@ -519,7 +548,7 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
         "decided_by": {m: share(v, contested) for m, v in decided.items()},
         "mean_raw_score": {j: {k: round(sum(v) / len(v), 4) if v else None for k, v in row.items()}
                            for j, row in raw.items()},  # fmt: skip
-        "flip_if_exclude_self": share(flips, contested),
+        "flip_if_exclude_self": share(flips, replayed) if replayed else None,
         "final_quality_gap": {k: round(statistics.median(v), 3) if v else None for k, v in gaps.items()},
         "min_exit_entropy": {k: round(statistics.median(v), 3) if v else None for k, v in min_entropy.items()},
         "length_bias": length_bias(records),
@@ -528,11 +557,52 @@ def diagnostics(records: Sequence[dict[str, Any]], member_names: Sequence[str]) 
     }
 
 
+def replay_rounds(
+    record: dict[str, Any], config: Any, member_names: Sequence[str]
+) -> list[tuple[int, list[float], int]]:
+    """Each contested round of ``record`` decided again under ``config`` (a
+    :class:`~specfuse_core.FusionConfig`) by the engine's own rule,
+    :func:`specfuse_core.scoring.round_winner`: ``(index in the trace, totals, winner)``.
+
+    Calibrated margins are replayed within the answer, as the engine keeps them per request; the
+    weights are the ones the trace recorded (uniform in answers cached before traces kept them). An
+    answer cannot be replayed (empty) when the tie-break is ``coin`` and the trace has no candidate
+    texts (answers cached before traces kept them)."""
+    from specfuse_core import scoring
+
+    names = list(record.get("members") or member_names)
+    order = {name: i for i, name in enumerate(names)}
+    margins: dict[str, Any] = {}
+    out = []
+    for index, t in enumerate(record.get("trace", [])):
+        if t.get("consensus", True) or not t.get("scores"):
+            continue
+        drafters, scorers, matrix = t["candidate_drafters"], t["scorers"], t["scores"]
+        for name in (n for d in drafters for n in d):
+            order.setdefault(name, len(order))
+        texts, chars = t.get("candidate_texts"), t.get("candidate_chars")
+        if (config.effective_tie_break == "coin" and texts is None) or (config.score_span == "leading" and not chars):
+            return []
+        ends = t.get("candidate_ends") or [False] * len(chars or [])
+        lengths = None if chars is None else [n + bool(e) for n, e in zip(chars, ends)]
+        typical = None
+        if config.normalize == "calibrated":
+            for name, row in zip(scorers, scoring.voting_scores(matrix, scorers, drafters, config.exclude_self_scores)):
+                margins[name] = scoring.update_margin_scale(margins.get(name, scoring.MarginScale()), row)
+            typical = [margins[name].value for name in scorers]
+        recorded = t.get("weights")
+        weights = [recorded.get(name, 0.0) for name in scorers] if recorded else [1.0] * len(scorers)
+        totals, winner = scoring.round_winner(matrix, scorers, drafters, weights, order, config, texts=texts,
+                                              lengths=lengths, typical_margins=typical)  # fmt: skip
+        out.append((index, totals, winner))
+    return out
+
+
 LENGTH_RATIO_BINS: tuple[tuple[float, float], ...] = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 
 
 def length_bias(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Do short candidates win contested rounds more often than long ones? (issue 14)
+    """Do short candidates win contested rounds more often than long ones?
 
     Every contested round gives one pair (winner, other) per other candidate of a different length, in
     characters (``candidate_chars`` of the trace).
@@ -584,7 +654,7 @@ def length_bias(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def split_votes(records: Sequence[dict[str, Any]], member_names: Sequence[str]) -> dict[str, Any]:
-    """Who wins the rounds in which every scorer votes for its own draft (issue 14).
+    """Who wins the rounds in which every scorer votes for its own draft.
 
     The case a fair vote is designed for: each candidate has one drafter, every scorer drafted one of
     them, and each scorer's highest raw score goes to its own draft. Raw scores cannot settle such a
@@ -756,7 +826,7 @@ def diagnostics_markdown(diag: dict[str, dict[str, Any]], comparison: dict[str, 
         lines.append(
             f"| {config} | {d['contested_rounds']} | {fmt(phases['rounds 1-3'])} | {fmt(phases['rounds 4+'])} | "
             f"{fmt(d['self_preference'])} | {_pct(d['scorer_agreement'])}% | {fmt(d['decided_by'])} | {splits} | {raw} | "
-            f"{_pct(d['flip_if_exclude_self'])}% | {_by_kind(d['final_quality_gap'])} | "
+            f"{_share(d['flip_if_exclude_self'])} | {_by_kind(d['final_quality_gap'])} | "
             f"{_by_kind(d['min_exit_entropy'])} |"
         )
     if comparison:
@@ -777,6 +847,10 @@ def _by_kind(values: dict[str, float | None]) -> str:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
+
+
+def _share(x: float | None) -> str:
+    return "–" if x is None else f"{_pct(x)}%"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -854,6 +928,7 @@ def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> No
     bootstrap over prompts at instruction level), open markers strict. Configurations that land on the
     same point share one label, so none hides another.
     """
+    require("matplotlib", "The accuracy-vs-cost figure")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -910,11 +985,12 @@ def plot(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> No
 # -- command line ---------------------------------------------------------------------------------
 
 
-def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+def build_parser(add_help: bool = True, prog: str = "python -m specfuse_eval.quality") -> argparse.ArgumentParser:
     """The harness's options (also those of ``specfuse eval``, which takes this parser as a parent)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0],
-                                add_help=add_help)  # fmt: skip
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"IFEval JSONL (default {DEFAULT_DATA}, from the repo root)")
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], add_help=add_help)
+    p.add_argument("--data", metavar="PATH", help=(
+        "IFEval prompts: a JSONL file of {key, prompt, instruction_id_list, kwargs} rows (default "
+        f"{DEFAULT_DATA} from the current directory, if it exists)"))  # fmt: skip
     p.add_argument("--configs", action="append", metavar="LIST", help=(
         "comma-separated, repeatable: 'members' (each member alone), a member's name, 'all' (default: members, "
         "specfuse, specfuse+exit, specfuse+weights, specfuse+exit+weights) or any of "
@@ -931,7 +1007,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help=(
         "answer this many (prompt, configuration) pairs at once: concurrent requests share batched forward "
         "passes (greedy answers are the same; per-answer seconds are then under load)"))  # fmt: skip
-    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results directory (default {DEFAULT_RESULTS})")
+    p.add_argument("--results", default=DEFAULT_RESULTS,
+                   help=f"results directory, created if missing (default {DEFAULT_RESULTS})")  # fmt: skip
     p.add_argument("--device", help="device for the members (cpu, cuda, ...)")
     p.add_argument("--dtype", help="dtype for the members")
     p.add_argument("--score-only", action="store_true", help="do not generate: score the cached answers only")
@@ -940,8 +1017,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+def main(argv: Sequence[str] | None = None, prog: str = "python -m specfuse_eval.quality") -> int:
+    """Parse ``argv`` and :func:`run`."""
+    return run(build_parser(prog=prog).parse_args(argv))
 
 
 def cache_dirnames(
@@ -960,15 +1038,29 @@ def cache_dirnames(
 
 
 def run(args: argparse.Namespace, *, paired_to_stdout: bool = False) -> int:
-    """Answer, score and report (``python -m benchmarks.quality`` and ``specfuse eval``).
+    """Answer, score and report (``specfuse eval``, ``python -m specfuse_eval.quality``).
 
-    ``paired_to_stdout``: print the paired comparison against the best member on standard output
-    (what ``specfuse eval`` shows), besides the full report on standard error."""
+    ``args``: the options of :func:`build_parser`. ``paired_to_stdout``: print the paired comparison
+    against the best member on standard output (what ``specfuse eval`` shows), besides the full report
+    on standard error. A missing data file or a missing dependency of the ``eval`` extra is reported on
+    standard error, with exit status 2, before any model loads."""
+    try:
+        return _run(args, paired_to_stdout=paired_to_stdout)
+    except (DataNotFoundError, MissingDependencyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, *, paired_to_stdout: bool) -> int:
     from specfuse_core.engine import DEFAULT_MEMBERS
 
     member_specs = list(args.member or DEFAULT_MEMBERS)
     configs = expand_configs(args.configs, member_specs)
     prompts = load_prompts(args.data, args.limit)
+    from . import ifeval
+
+    ifeval.require_scoring()  # fail before any model loads if the eval extra is missing
+    require("matplotlib", "The accuracy-vs-cost figure")
     run_dir = resolve(args.results) / run_id(member_specs, args.max_tokens, args.segment_tokens)
     overrides = parse_fusion_overrides(args.fusion or [])
     cache = ResponseCache(
@@ -985,11 +1077,9 @@ def run(args: argparse.Namespace, *, paired_to_stdout: bool = False) -> int:
         lazy_answer = loaded_on_first_use(lambda: make_answerer(member_specs, args))
         records = run_all(prompts, configs, cache, lazy_answer, log=log, concurrency=args.concurrency)
 
-    from . import ifeval_scoring
-
     by_key = {row["key"]: row for row in prompts}
     member_names = [member_label(s) for s in member_specs]
-    scores_by_config = {c: [ifeval_scoring.score_response(by_key[r["key"]], r["response"]) for r in records[c]]
+    scores_by_config = {c: [ifeval.score_response(by_key[r["key"]], r["response"]) for r in records[c]]
                         for c in configs}  # fmt: skip
     rows = []
     for config in configs:
@@ -997,12 +1087,12 @@ def run(args: argparse.Namespace, *, paired_to_stdout: bool = False) -> int:
         rows.append(summarize(config, records[config], scores_by_config[config], names))
     fused_configs = [c for c in configs if c in FUSION_CONFIGS]
     alone = [c for c in configs if c not in FUSION_CONFIGS]
-    diag = {c: diagnostics(records[c], member_names) for c in fused_configs}
+    diag = {c: diagnostics(records[c], member_names, fusion_config(c, overrides)) for c in fused_configs}
     comparison = {c: per_prompt_comparison(scores_by_config, c, alone) for c in fused_configs}
     keys_by_config = {c: [r["key"] for r in records[c]] for c in configs}
     paired_results = paired_against_best(rows, keys_by_config, scores_by_config)
     n = min((r["n"] for r in rows), default=0)
-    meta = {"n": n, "data": args.data, "members": member_specs, "max_tokens": args.max_tokens,
+    meta = {"n": n, "data": args.data or DEFAULT_DATA, "members": member_specs, "max_tokens": args.max_tokens,
             "segment_tokens": args.segment_tokens, "device": args.device or "auto (cpu here)",
             "run_dir": str(run_dir), "fusion_overrides": overrides}  # fmt: skip
     (run_dir).mkdir(parents=True, exist_ok=True)
@@ -1024,7 +1114,7 @@ def run(args: argparse.Namespace, *, paired_to_stdout: bool = False) -> int:
     return 0
 
 
-# -- paired comparison against the best member (issue 14) -------------------------------------------
+# -- paired comparison against the best member --------------------------------------------------------
 
 
 def paired_against_best(

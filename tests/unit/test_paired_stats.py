@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks import paired
+from specfuse_eval import paired
 
 
 @pytest.mark.parametrize(

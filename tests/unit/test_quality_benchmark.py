@@ -11,8 +11,10 @@ import pytest
 import if_verifiable  # noqa: F401 - a dev dependency: fail loudly if missing
 import punkt  # noqa: F401 - a dev dependency: fail loudly if missing
 
-from benchmarks import ifeval_scoring, quality  # noqa: E402
+from specfuse_eval import ifeval, quality  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "tests" / "data" / "ifeval_sample.jsonl"
 LOWERCASE_NO_COMMA = {
     "key": 1,
     "prompt": "Write two sentences about cats in all lowercase letters, without any commas.",
@@ -39,8 +41,8 @@ def _nltk_data(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
 
 
 def test_punkt_tab_files_are_written_and_read_by_nltk(tmp_path: Path) -> None:
-    target = ifeval_scoring.write_punkt_tab(tmp_path)
-    assert sorted(p.name for p in target.iterdir()) == sorted(ifeval_scoring.PUNKT_FILES)
+    target = ifeval.write_punkt_tab(tmp_path)
+    assert sorted(p.name for p in target.iterdir()) == sorted(ifeval.PUNKT_FILES)
     assert "dr" in (target / "abbrev_types.txt").read_text().split()
     from nltk.tabdata import PunktDecoder
     from punkt.data import load_bundled
@@ -55,43 +57,51 @@ def test_punkt_tab_files_are_written_and_read_by_nltk(tmp_path: Path) -> None:
 
 
 def test_scoring_passes_a_following_response_and_fails_a_violating_one() -> None:
-    good = ifeval_scoring.score_response(LOWERCASE_NO_COMMA, "cats are soft. they sleep all day.")
+    good = ifeval.score_response(LOWERCASE_NO_COMMA, "cats are soft. they sleep all day.")
     assert good["strict"] == [True, True] and good["binary_strict"] and good["binary_loose"]
-    bad = ifeval_scoring.score_response(LOWERCASE_NO_COMMA, "Cats are soft, warm and lazy. They sleep.")
+    bad = ifeval.score_response(LOWERCASE_NO_COMMA, "Cats are soft, warm and lazy. They sleep.")
     assert bad["strict"] == [False, False] and not bad["binary_strict"] and not bad["binary_loose"]
-    partial = ifeval_scoring.score_response(LOWERCASE_NO_COMMA, "cats are soft, warm and lazy.")
+    partial = ifeval.score_response(LOWERCASE_NO_COMMA, "cats are soft, warm and lazy.")
     assert partial["strict"] == [True, False] and not partial["binary_strict"]
 
 
 def test_sentence_counting_uses_punkt() -> None:
-    assert ifeval_scoring.score_response(SENTENCES, "Dr. Smith agrees. Yes.")["binary_strict"]
-    assert not ifeval_scoring.score_response(SENTENCES, "One. Two. Three. Four.")["binary_strict"]
+    assert ifeval.score_response(SENTENCES, "Dr. Smith agrees. Yes.")["binary_strict"]
+    assert not ifeval.score_response(SENTENCES, "One. Two. Three. Four.")["binary_strict"]
 
 
 def test_loose_mode_forgives_a_preamble_line() -> None:
-    scored = ifeval_scoring.score_response(LOWERCASE_NO_COMMA, "Sure, Here Is My Answer:\ncats purr. they nap.")
+    scored = ifeval.score_response(LOWERCASE_NO_COMMA, "Sure, Here Is My Answer:\ncats purr. they nap.")
     assert scored["loose"] == [True, True] and scored["strict"] == [False, False]
 
 
 def test_letter_frequency_counts_the_literal_hash_deterministically() -> None:
     for _ in range(5):  # upstream if-verifiable would pick a random letter and flip between runs
-        assert ifeval_scoring.score_response(HASHTAGS, "fun day #a #b #c #d")["binary_strict"]
-        assert not ifeval_scoring.score_response(HASHTAGS, "fun day #a #b #c")["binary_strict"]
+        assert ifeval.score_response(HASHTAGS, "fun day #a #b #c #d")["binary_strict"]
+        assert not ifeval.score_response(HASHTAGS, "fun day #a #b #c")["binary_strict"]
 
 
 def test_empty_response_fails_every_instruction() -> None:
-    scored = ifeval_scoring.score_response(LOWERCASE_NO_COMMA, "")
+    scored = ifeval.score_response(LOWERCASE_NO_COMMA, "")
     assert scored["strict"] == [False, False] and scored["loose"] == [False, False]
 
 
+def test_sample_prompts_instructions_are_all_known() -> None:
+    rows = quality.load_prompts(SAMPLE, limit=3)
+    assert [r["key"] for r in rows] == [2798, 1092, 3478]
+    for row in rows:
+        scored = ifeval.score_response(row, "A short answer.")
+        assert len(scored["strict"]) == len(row["instruction_id_list"])
+
+
 def test_dev_split_instructions_are_all_known() -> None:
-    data = quality.resolve(quality.DEFAULT_DATA)
+    data = REPO / quality.DEFAULT_DATA  # the shared data sets beside the checkout, where they exist
     if not data.exists():
-        pytest.skip("the shared IFEval dev split is not present")
+        pytest.skip(f"the shared IFEval dev split is not present at {data}")
     rows = quality.load_prompts(data, limit=40)
     assert len(rows) == 40
     for row in rows:
-        scored = ifeval_scoring.score_response(row, "A short answer.")
+        scored = ifeval.score_response(row, "A short answer.")
         assert len(scored["strict"]) == len(row["instruction_id_list"])
 
 
@@ -195,7 +205,7 @@ def test_summary_table_and_plot(tmp_path: Path) -> None:
     answers = {"a": ["cats are soft. they sleep all day.", "#1 #2 #3 #4"], "specfuse": ["Cats, nap.", "#1"]}
     for config, texts in answers.items():
         records = [dict(_fake_record(config, t), key=p["key"]) for p, t in zip(prompts, texts)]
-        scores = [ifeval_scoring.score_response(p, r["response"]) for p, r in zip(prompts, records)]
+        scores = [ifeval.score_response(p, r["response"]) for p, r in zip(prompts, records)]
         rows.append(quality.summarize(config, records, scores, ["a", "b"]))
     a, fused = rows
     assert a["n"] == 2 and a["prompt_strict"] == 1.0 and a["instruction_strict"] == 1.0
@@ -403,3 +413,134 @@ def test_exit_evidence_from_records_counts_verified_rounds_and_lead_exits() -> N
     evidence = quality.exit_evidence_from_records([first, second, third])
     assert (dict(evidence.quality), evidence.rounds) == ({"a": 3.0, "b": 1.0}, 4)
     assert evidence.exited == {"b": "significant lead against it (wins)"}  # failures are not kept
+
+
+def _scripted_pair() -> list:
+    """Two scripted members that like drafts saying "good" and their own drafts, one more than the other:
+    rounds 1 and 2 go to different members, round 3 is decided by the vote's normalisation or a tie-break."""
+    from scripted import ScriptedMember
+
+    def scorer(name: str, own: float, good: float):
+        return lambda accepted, text, ends: 0.4 + good * ("good" in text) + own * (name in text)
+
+    sharp = ScriptedMember("sharp", [("sharp good", False), ("sharp bad", False), ("sharp y", False), ("end", True)],
+                           prob=scorer("sharp", 0.14, 0.3))  # fmt: skip
+    flat = ScriptedMember("flat", [("flat bad", False), ("flat good", False), ("flat y", False), ("end", True)],
+                          prob=scorer("flat", 0.03, 0.1))  # fmt: skip
+    return [sharp, flat]
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"normalize": "calibrated"}, {"normalize": "rank"}, {"score_mode": "mean_logit", "normalize": "ratio"},
+    {"score_span": "leading"}, {"exclude_self_scores": True}, {"weights": True}, {"normalize": "softmax"},
+    {"normalize": "calibrated", "tie_break": "self_score"},
+])  # fmt: skip
+def test_replay_decides_every_round_as_the_engine_did(options: dict) -> None:
+    # The harness re-decides rounds with the engine's own rule (scoring.round_winner), so its
+    # counterfactuals cannot drift from the engine: replayed under the same configuration, every
+    # recorded winner and total comes back.
+    from specfuse_core import Ensemble, FusionConfig
+
+    config = FusionConfig(temperature=0, **options)
+    result = Ensemble(_scripted_pair(), config).generate([{"role": "user", "content": "hi"}])
+    record = quality.record_from_result(result, 0.0)
+    replay = quality.replay_rounds(record, config, ["sharp", "flat"])
+    assert len(replay) == sum(not t["consensus"] for t in record["trace"]) == 3
+    for index, totals, winner in replay:
+        t = record["trace"][index]
+        assert t["candidate_drafters"][winner] == t["winners"]
+        assert totals == pytest.approx(t["totals"])
+
+
+def test_replay_needs_the_texts_for_a_coin_tie_break() -> None:
+    from specfuse_core import FusionConfig
+
+    record = _fake_record("specfuse", "x")  # cached before traces kept candidate texts
+    assert quality.replay_rounds(record, FusionConfig(normalize="calibrated"), ["a", "b"]) == []
+    assert len(quality.replay_rounds(record, FusionConfig(), ["a", "b"])) == 1
+    assert quality.diagnostics([record], ["a", "b"], FusionConfig(normalize="rank"))["flip_if_exclude_self"] is None
+
+
+def test_missing_data_says_which_file_and_how_to_pass_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from specfuse_eval import DataNotFoundError
+
+    monkeypatch.chdir(tmp_path)  # not a checkout: the default data is not there
+    with pytest.raises(DataNotFoundError, match=r"no --data given .* pass the data with --data PATH"):
+        quality.load_prompts(None)
+    with pytest.raises(DataNotFoundError, match="mine.jsonl does not exist"):
+        quality.load_prompts("mine.jsonl")
+    assert quality.main(["--member", "a", "--score-only", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error: IFEval prompts (JSONL)" in err and quality.DEFAULT_DATA in err and "--data PATH" in err
+    assert not (tmp_path / "benchmarks").exists()  # nothing written before the data is found
+
+
+def test_default_data_and_results_are_found_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    work = tmp_path / "work"
+    default = work / quality.DEFAULT_DATA
+    default.parent.mkdir(parents=True)
+    default.write_text(SAMPLE.read_text())
+    monkeypatch.chdir(work)
+    assert [r["key"] for r in quality.load_prompts(None, limit=2)] == [2798, 1092]
+    # --results defaults to benchmarks/results/quality under the current directory, created on demand
+    assert quality.main(["--member", "a", "--configs", "a", "--limit", "1", "--score-only", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["data"] == quality.DEFAULT_DATA and out["n"] == 0  # nothing cached yet
+    assert Path(out["run_dir"]).parent == work / quality.DEFAULT_RESULTS
+    assert (Path(out["run_dir"]) / "results.md").exists()
+
+
+def test_a_missing_scoring_package_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from specfuse_eval import MissingDependencyError, require
+
+    with pytest.raises(MissingDependencyError, match=r"'no_such_module_xyz'.*pip install 'specfuse\[eval\]'"):
+        require("no_such_module_xyz", "IFEval scoring")
+    monkeypatch.setattr(ifeval, "SCORING_PACKAGES", ("no_such_module_xyz",))
+    monkeypatch.setattr(ifeval, "_READY", False)
+    assert quality.main(["--data", str(SAMPLE), "--member", "a", "--score-only", "--quiet"]) == 2
+    assert "pip install 'specfuse[eval]'" in capsys.readouterr().err
+
+
+def test_the_benchmark_scripts_are_entry_points_of_the_package() -> None:
+    import subprocess
+    import sys
+
+    from benchmarks import quality as script
+    from benchmarks import tools as tools_script
+    from specfuse_eval import bfcl
+
+    assert script.run is quality.run and script.build_parser is quality.build_parser
+    assert tools_script.run is bfcl.run and tools_script.load_entries is bfcl.load_entries
+    for module in ("benchmarks.quality", "benchmarks.tools"):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert done.returncode == 0 and f"python -m {module}" in done.stdout and "--data" in done.stdout
+
+
+def test_the_package_stands_alone() -> None:
+    # Shipped in the wheel: it may use the engine, never the front doors or a checkout's benchmarks/,
+    # and it leaves sys.path alone; third-party packages are imported inside functions only.
+    import ast
+
+    allowed = {"__future__", "argparse", "copy", "dataclasses", "hashlib", "importlib", "json", "math", "os",
+               "random", "statistics", "sys", "threading", "time", "types", "collections", "pathlib", "typing"}  # fmt: skip
+    for path in sorted((REPO / "specfuse_eval").glob("*.py")):
+        source = path.read_text()
+        assert "sys.path" not in source, path
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for name in names:
+                    assert not name.startswith(("specfuse_integrations", "benchmarks")), (path, name)
+        for node in tree.body:  # module level
+            if isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] in allowed for a in node.names), (path, ast.dump(node))
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert node.module.split(".")[0] in allowed, (path, node.module)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import tools as bench
+from specfuse_eval import bfcl as bench
 
 FACTORIAL = {
     "name": "math.factorial",
@@ -108,6 +108,20 @@ def test_load_entries_interleaves_categories_and_takes_limit_per_category(tmp_pa
     assert rows[0]["ground_truth"] == AREA_TRUTH and rows[1]["ground_truth"] is None
     assert rows[0]["messages"] == question[0] and rows[0]["tools"][0]["function"]["parameters"]["type"] == "object"
     assert bench.category_of("simple") == "simple_python"
+
+
+def test_missing_bfcl_data_says_which_file_and_how_to_pass_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from specfuse_eval import DataNotFoundError
+
+    monkeypatch.chdir(tmp_path)  # not a checkout: the default data directory is not there
+    with pytest.raises(DataNotFoundError, match=r"BFCL data directory: no --data given .*--data PATH"):
+        bench.load_entries(None)
+    with pytest.raises(DataNotFoundError, match=r"irrelevance.jsonl does not exist; pass the directory"):
+        bench.load_entries(tmp_path, ["irrelevance"])
+    assert bench.main(["--data", "nowhere", "--member", "a", "--score-only", "--quiet"]) == 2
+    assert "nowhere does not exist (given by --data nowhere)" in capsys.readouterr().err
 
 
 def test_unconstrained_messages_put_the_tool_text_in_the_system_prompt() -> None:
@@ -219,10 +233,10 @@ def test_paired_tests_count_wins_and_losses_per_category() -> None:
     assert (tests["all"]["wins"], tests["all"]["losses"], tests["all"]["mcnemar_p"]) == (1, 1, 1.0)
 
 
-import bfcl_eval  # noqa: E402, F401 - `make test` installs it (pip install --no-deps bfcl-eval==2026.3.23): fail loudly if missing
-
-
+@pytest.mark.bfcl
 def test_bfcl_checker_runs_offline_on_hand_checked_answers() -> None:
+    import bfcl_eval  # noqa: F401 - `make test` installs it (pip install --no-deps bfcl-eval==2026.3.23)
+
     check = bench.load_ast_checker()
     row = _row("simple_python", [AREA], AREA_TRUTH)
     ok = _call("calculate_triangle_area", {"base": 10, "height": 5})
