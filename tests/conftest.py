@@ -1,9 +1,97 @@
+"""Shared fixtures, and the markers of tests that need an outside component (see pyproject.toml's markers)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+ROOT = Path(__file__).resolve().parents[1]
+# With SPECFUSE_REQUIRE_ALL=1 (set by `make test`, which CI runs) a missing outside component fails
+# the tests that need it instead of skipping them, so that CI runs every test.
+REQUIRE_ALL_ENV = "SPECFUSE_REQUIRE_ALL"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+VLLM_PYTHON_ENV = "SPECFUSE_VLLM_PYTHON"
+
+
+def _importable(module: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # noqa: BLE001 - a broken install is as missing as an absent one
+            return f"cannot import {module} ({type(error).__name__}: {error})"
+        return None
+
+    return check
+
+
+def _browser() -> str | None:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if importlib.util.find_spec("selenium") is None:
+        missing.append("the selenium package")
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def _vllm_python() -> Path:
+    return Path(os.environ.get(VLLM_PYTHON_ENV) or ROOT / ".venv-vllm" / "bin" / "python")
+
+
+def _vllm() -> str | None:
+    python = _vllm_python()
+    return None if os.access(python, os.X_OK) else f"no Python with vLLM at {python}"
+
+
+@dataclass(frozen=True)
+class Component:
+    """An outside component that some tests need, named by their marker."""
+
+    marker: str
+    needs: str
+    check: Callable[[], str | None]  # None when present, else what is missing
+    install: str
+
+
+COMPONENTS = (
+    Component("browser", "headless Chromium and chromedriver (Selenium drives them)", _browser,
+              "apt-get install chromium chromium-driver (`make setup` does it)"),  # fmt: skip
+    Component("llama_cpp", "a llama-cpp-python server (the module llama_cpp.server)", _importable("llama_cpp.server"),
+              "pip install 'llama-cpp-python[server]==0.3.36' (in the dev extra; builds from source)"),  # fmt: skip
+    Component("vllm", "a Python with vLLM, to start a vLLM server", _vllm,
+              f"python -m venv .venv-vllm && .venv-vllm/bin/pip install vllm, or set {VLLM_PYTHON_ENV}"),  # fmt: skip
+    Component("bfcl", "BFCL's AST checker (the package bfcl_eval)", _importable("bfcl_eval"),
+              "pip install --no-deps bfcl-eval==2026.3.23 (`make setup` does it)"),  # fmt: skip
+)
+
+
+@cache
+def _missing(marker: str) -> str | None:
+    component = next(c for c in COMPONENTS if c.marker == marker)
+    return component.check()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (or, with SPECFUSE_REQUIRE_ALL=1, fail) a test whose outside component is missing, before its fixtures."""
+    for c in COMPONENTS:
+        if item.get_closest_marker(c.marker) is None:
+            continue
+        missing = _missing(c.marker)
+        if missing is None:
+            continue
+        message = f"needs {c.needs}: {missing}; install: {c.install}"
+        if os.environ.get(REQUIRE_ALL_ENV) == "1":
+            pytest.fail(f"{message} ({REQUIRE_ALL_ENV}=1: every outside component must be present)", pytrace=False)
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -11,18 +11,14 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-import httpx  # noqa: F401 - a dev dependency: fail loudly if missing
-import llama_cpp.server  # noqa: F401 - a dev dependency: fail loudly if missing
+from specfuse_core import Ensemble, FusionConfig, HFMember
+from specfuse_core.presets import PRESETS, fetch_gguf
+from specfuse_core.remote import OpenAICompatibleMember
 
-import httpx  # noqa: E402
-
-from specfuse_core import Ensemble, FusionConfig, HFMember  # noqa: E402
-from specfuse_core.presets import PRESETS, fetch_gguf  # noqa: E402
-from specfuse_core.remote import OpenAICompatibleMember  # noqa: E402
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.llama_cpp]  # tests/conftest.py skips (or fails) without llama_cpp.server
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
