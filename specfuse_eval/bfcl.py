@@ -617,6 +617,7 @@ def _run(args: argparse.Namespace) -> int:
     categories = [category_of(c.strip()) for c in args.categories.split(",") if c.strip()]
     entries = load_entries(args.data, categories, args.limit)
     check = load_ast_checker()  # fail before any model loads if the checker is missing
+    require("jsonschema", "Schema validation of tool calls")
     require("matplotlib", "The BFCL figure")
     run_dir = resolve(args.results) / run_id(member_specs, args.max_tokens, args.segment_tokens)
     dirnames = cache_dirnames(configs, member_specs, args.max_tokens, args.segment_tokens)
