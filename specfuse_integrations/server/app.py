@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from specfuse_core import Ensemble, FusionResult, SegmentEvent
 from specfuse_core.errors import ConfigError, SpecFuseValueError
 from specfuse_core.scheduler import describe
+from specfuse_core.tools import TOOL_OPTIONS
 
 from . import protocol
 from .metrics import ServerMetrics
@@ -146,7 +147,7 @@ def _engine_error(error: Any) -> APIError:
 def _param_of(error: SpecFuseValueError) -> str | None:
     """The request field an engine error is about: the field its message starts with, else messages."""
     word = re.split(r"[^A-Za-z_]", str(error), maxsplit=1)[0]
-    if word in protocol.TOOL_FIELDS:
+    if word in TOOL_OPTIONS:
         return word
     if isinstance(error, ConfigError):
         return word if word.isidentifier() else None

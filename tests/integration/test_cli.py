@@ -31,7 +31,7 @@ def test_help_lists_every_command():
         assert command in done.stdout
     ask_help = run("ask", "--help").stdout
     for option in ("--member", "--system", "--segment-tokens", "--max-tokens", "--temperature", "--top-p", "--seed",
-                   "--score-mode", "--no-kv-cache", "--trace", "--json"):  # fmt: skip
+                   "--score-mode", "--no-cache", "--trace", "--json"):  # fmt: skip
         assert option in ask_help
 
 

@@ -126,3 +126,82 @@ def test_server_request_options(option: FusionOption, seen: list[FusionConfig]) 
         return
     assert response.status_code == 200, response.text
     assert getattr(seen[-1], option.name) == value
+
+
+# -- the request rules and the usage, the same through every door ---------------------------------
+
+
+def _langchain(**bound: Any) -> Any:
+    from specfuse_integrations.langchain import SpecFuseChatModel
+
+    return SpecFuseChatModel(ensemble=scripted_ensemble()).bind(**bound)
+
+
+def test_developer_role_is_the_system_role_in_every_door(seen: list[FusionConfig]) -> None:
+    from langchain_core.messages import ChatMessage as LangChainMessage
+    from llama_index.core.llms import ChatMessage as LlamaMessage
+    from llama_index.core.llms import MessageRole
+
+    from specfuse_integrations.llama_index import SpecFuseLLM
+
+    assert _langchain().invoke([LangChainMessage(role="developer", content="Be brief."), ("user", "hi")]).content
+    llm = SpecFuseLLM(ensemble=scripted_ensemble())
+    assert llm.chat([LlamaMessage(role=MessageRole.DEVELOPER, content="Be brief."), LlamaMessage(content="hi")])
+    body = {"model": "specfuse", "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]}
+    assert _server_request(body).status_code == 200
+    assert len(seen) == 3
+
+
+@pytest.mark.parametrize("choice", ["auto", "none"])
+def test_no_tools_with_a_choice_that_forces_nothing_is_a_plain_answer_everywhere(choice: str) -> None:
+    from llama_index.core.llms import ChatMessage as LlamaMessage
+
+    from specfuse_integrations.llama_index import SpecFuseLLM
+
+    assert _langchain(tools=[], tool_choice=choice).invoke("hi").content == "Hello there."
+    llm = SpecFuseLLM(ensemble=scripted_ensemble())
+    assert llm.chat([LlamaMessage(content="hi")], tools=[], tool_choice=choice).message.content == "Hello there."
+    body = {"model": "specfuse", "messages": [{"role": "user", "content": "hi"}], "tools": [], "tool_choice": choice}
+    response = _server_request(body)
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "Hello there."
+
+
+def test_no_tools_with_a_forced_call_is_the_same_error_everywhere() -> None:
+    from llama_index.core.llms import ChatMessage as LlamaMessage
+
+    from specfuse_core import InvalidRequestError
+    from specfuse_integrations.llama_index import SpecFuseLLM
+
+    message = "tool_choice='required' needs tools, but the request has none"
+    with pytest.raises(InvalidRequestError, match=message):
+        _langchain(tools=[], tool_choice="required").invoke("hi")
+    with pytest.raises(InvalidRequestError, match=message):
+        SpecFuseLLM(ensemble=scripted_ensemble()).chat([LlamaMessage(content="hi")], tools=[], tool_choice="required")
+    body = {"model": "specfuse", "messages": [{"role": "user", "content": "hi"}], "tools": [], "tool_choice": "required"}
+    response = _server_request(body)
+    assert response.status_code == 400 and message in response.json()["error"]["message"]
+
+
+def test_usage_is_the_same_in_every_door() -> None:
+    from llama_index.core.llms import ChatMessage as LlamaMessage
+
+    from specfuse_integrations.llama_index import SpecFuseLLM
+
+    expected = scripted_ensemble().generate([{"role": "user", "content": "hi"}]).token_usage.to_openai()
+    assert expected["prompt_tokens"] > 0 and expected["completion_tokens"] > 0
+    metadata = _langchain().invoke("hi").usage_metadata
+    assert (metadata["input_tokens"], metadata["output_tokens"], metadata["total_tokens"]) == tuple(expected.values())
+    extra = SpecFuseLLM(ensemble=scripted_ensemble()).chat([LlamaMessage(content="hi")]).additional_kwargs
+    assert {k: extra[k] for k in expected} == expected
+    streamed = list(SpecFuseLLM(ensemble=scripted_ensemble()).stream_chat([LlamaMessage(content="hi")]))
+    assert {k: streamed[-1].additional_kwargs[k] for k in expected} == expected
+    body = {"model": "specfuse", "messages": [{"role": "user", "content": "hi"}]}
+    assert _server_request(body).json()["usage"] == expected
+
+
+def test_the_last_event_carries_the_result() -> None:
+    stream = scripted_ensemble().stream([{"role": "user", "content": "hi"}])
+    events = list(stream)
+    assert [e.result is not None for e in events] == [False] * (len(events) - 1) + [True]
+    assert events[-1].result is stream.result and events[-1].result.trace[-1].finish_reason == events[-1].finish_reason
+    assert "result" not in events[-1].to_dict()
