@@ -614,46 +614,31 @@ class _Request:
     ) -> tuple[list[float], int]:
         """Normalise per scorer, aggregate with the weights, pick the winner (§3.5–3.6)."""
         config = self.config
-        proposed = [[name in p.drafters for p in proposals] for name in scorer_names]
-        voting = scoring.exclude_self_scores(matrix, proposed) if config.exclude_self_scores else matrix
+        drafters = [p.drafters for p in proposals]
         margins = None
         if config.normalize == "calibrated":
+            voting = scoring.voting_scores(matrix, scorer_names, drafters, config.exclude_self_scores)
             for name, row in zip(scorer_names, voting):
                 self.margin_scales[name] = scoring.update_margin_scale(
                     self.margin_scales.get(name, scoring.MarginScale()), row
                 )
             margins = [self.margin_scales[name].value for name in scorer_names]
-        normalized = scoring.normalize_matrix(
-            voting,
-            config.normalize,
-            mode=config.score_mode,
-            temperature=config.softmax_temperature,
-            typical_margins=margins,
-        )
-        raw_weights = [self.weights.get(name, 0.0) for name in scorer_names]
+        weights = [self.weights.get(name, 0.0) for name in scorer_names]
         decision = self._call_decision(proposals, scorer_names)
         if decision.voters:
-            raw_weights = [w if name in decision.voters else 0.0 for name, w in zip(scorer_names, raw_weights)]
-        total_weight = sum(raw_weights) or 1.0
-        totals = scoring.aggregate(normalized, [w / total_weight for w in raw_weights])
-        self_scores = []
-        for i, proposal in enumerate(proposals):
-            own = [matrix[j][i] for j, name in enumerate(scorer_names) if name in proposal.drafters]
-            values = [s for s in own if s is not None]
-            self_scores.append(sum(values) / len(values) if values else float("-inf"))
-        first_drafter = [min(self.order[name] for name in p.drafters) for p in proposals]
-        coin = [scoring.coin_key(p.text) for p in proposals] if config.effective_tie_break == "coin" else None
-        leading = config.score_span == "leading"
-        winner = scoring.select_winner(
-            totals,
-            self_scores,
-            first_drafter,
-            lengths=[len(p.text) + p.ends for p in proposals] if leading else None,
-            tolerance=1e-6 if leading else 0.0,
+            weights = [w if name in decision.voters else 0.0 for name, w in zip(scorer_names, weights)]
+        return scoring.round_winner(
+            matrix,
+            scorer_names,
+            drafters,
+            weights,
+            self.order,
+            config,
+            texts=[p.text for p in proposals],
+            lengths=[len(p.text) + p.ends for p in proposals],
+            typical_margins=margins,
             eligible=decision.eligible,
-            coin=coin,
         )
-        return totals, winner
 
     def _call_decision(self, proposals: list[_Proposal], scorer_names: list[str]) -> _CallDecision:
         """Who settles a round about tool use (``tool_vote="native"``): one whose candidates disagree
