@@ -53,7 +53,7 @@ def test_tool_vote_reaches_the_config():
 
 
 def test_eval_takes_the_quality_harness_options():
-    from benchmarks import quality
+    from specfuse_eval import quality
 
     args = build_parser().parse_args(["eval", "--data", "mine.jsonl", "--configs", "members,specfuse+calibrated",
                                       "--member", "a", "--member", "b", "--limit", "5", "--score-only"])  # fmt: skip
@@ -66,3 +66,22 @@ def test_keep_options_reach_the_config():
     assert (parse().keep_exits, parse().keep_weights) == (False, False)
     config = parse("--exit", "--exit-rule", "lead", "--keep-exits", "--keep-weights")
     assert (config.keep_exits, config.keep_weights) == (True, True)
+
+
+def test_commands_import_only_what_they_run():
+    """`specfuse ask`/`presets` import neither the server (FastAPI) nor the evaluation harness."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from specfuse_integrations import cli\n"
+        "assert cli.main(['presets']) == 0\n"
+        "cli.build_parser(eval_options=False).parse_args(['ask', 'hi', '--exit'])\n"
+        "loaded = sorted(m for m in ('fastapi', 'uvicorn', 'specfuse_eval', 'benchmarks', 'langchain_core',"
+        " 'llama_index') if m in sys.modules)\n"
+        "print('LOADED', loaded)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout
