@@ -46,13 +46,13 @@ def _option(default: Any, help: str, *, per_request: bool = True) -> Any:
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """Options of one SpecFuse request (algorithm.md §3–§8 give the meaning of each).
+    """Options of one SpecFuse request (docs/algorithm.md §3–§8 give the meaning of each).
 
     ``temperature=None`` means the reference defaults (0.6, top_p 0.9); ``temperature=0`` is greedy.
 
     ``exit_quality`` is what model exit accumulates per member in ``Q``: ``"wins"`` (default) adds 1
     for each verified round the member's candidate wins, so ``exit_temperature`` is measured in rounds
-    won; ``"scores"`` adds the candidate's aggregated score, as algorithm.md §4 words it. Aggregated
+    won; ``"scores"`` adds the candidate's aggregated score, as docs/algorithm.md §4 words it. Aggregated
     scores of fluent candidates sit close together (two members split about 0.49/0.51 a round), so with
     ``"scores"`` exit needs a much lower ``exit_temperature`` to ever fire.
 
@@ -73,7 +73,7 @@ class FusionConfig:
     when each prefers its own), and ``self_score`` otherwise. ``score_span="leading"`` prefers the
     longer candidate first.
 
-    ``exit_rule``: ``entropy`` (algorithm.md §4) or ``lead``: after ``exit_min_rounds`` verified
+    ``exit_rule``: ``entropy`` (docs/algorithm.md §4) or ``lead``: after ``exit_min_rounds`` verified
     rounds ``t``, a member exits when the leader's ``Q`` exceeds its own by at least
     ``exit_lead_z · sqrt(t)``, a lead significant for the number of rounds played (with ``wins``, a
     one-sided z-test against evenly matched members; 1.645 is the 5% level).

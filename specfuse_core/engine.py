@@ -1,4 +1,4 @@
-"""`Ensemble`: the SpecFuse round loop (algorithm.md §3) with sync and async twins.
+"""`Ensemble`: the SpecFuse round loop (docs/algorithm.md §3) with sync and async twins.
 
 One round: every active drafter drafts a segment (concurrently), identical drafts merge into
 candidates, every active scorer scores every candidate in one batched pass, scores are normalised

@@ -1,7 +1,7 @@
 """`HFMember`: a local Hugging Face transformers model as an ensemble member.
 
 Per request an :class:`HFSession` keeps the canonical ids ``template(messages) + tokenize(R)`` and a
-KV cache that lives across rounds (algorithm.md §2, §7):
+KV cache that lives across rounds (docs/algorithm.md §2, §7):
 
 - new accepted text rolls the cache back to the longest common prefix and feeds only the rest;
 - all candidates are scored in one batched pass over a copy of the cached prefix, and the batch

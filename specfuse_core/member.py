@@ -42,7 +42,7 @@ class Draft:
     ``hit_budget``: it stopped because it used all ``max_new_tokens``.
     ``next_text``: for a draft that hit the budget, the text its own next (greedy) token would add,
     when the drafter knows it (``""`` for an end-of-turn token); ``None`` when unknown. The engine
-    uses it to decide whether the draft ended inside a word (algorithm.md §3.2).
+    uses it to decide whether the draft ended inside a word (docs/algorithm.md §3.2).
     """
 
     text: str

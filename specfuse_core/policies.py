@@ -1,4 +1,4 @@
-"""Per-request policies over members: model exit (algorithm.md §4) and online weights (§5)."""
+"""Per-request policies over members: model exit (docs/algorithm.md §4) and online weights (§5)."""
 
 from __future__ import annotations
 

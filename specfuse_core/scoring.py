@@ -1,4 +1,4 @@
-"""The scoring math of one round, as pure functions (algorithm.md §3, steps 4–6).
+"""The scoring math of one round, as pure functions (docs/algorithm.md §3, steps 4–6).
 
 Notation follows the spec: ``s_j(i)`` is scorer j's score of candidate i, ``ŝ_j(i)`` the score after
 normalising over candidates, ``w_j`` the scorer weights and ``score(i) = Σ_j w_j · ŝ_j(i)``.

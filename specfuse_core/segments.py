@@ -1,4 +1,4 @@
-"""Text and token-id helpers for segment boundaries (algorithm.md §2–§3)."""
+"""Text and token-id helpers for segment boundaries (docs/algorithm.md §2–§3)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def ends_inside_word(text: str, next_text: str | None = None) -> bool:
 
 
 def trim_to_word_boundary(text: str, next_text: str | None = None) -> str:
-    """Trim a draft that ran out of budget inside a word back to its last whitespace (algorithm.md §3.2).
+    """Trim a draft that ran out of budget inside a word back to its last whitespace (docs/algorithm.md §3.2).
 
     A draft that did not end inside a word (:func:`ends_inside_word`) is kept whole:
     ``"The capital is Paris."`` and ``"答案是 北京。"`` stay as they are, and so does ``"... Paris"`` when

@@ -1,4 +1,4 @@
-"""What a caller sees: per-segment events, the final result, usage and exits (algorithm.md §6)."""
+"""What a caller sees: per-segment events, the final result, usage and exits (docs/algorithm.md §6)."""
 
 from __future__ import annotations
 

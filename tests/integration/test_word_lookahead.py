@@ -1,4 +1,4 @@
-"""The drafter's look-ahead token that decides word ends (issue 14), on a tiny random model.
+"""The drafter's look-ahead token that decides word ends on a tiny random model.
 
 Random weights give gibberish, so these tests check the mechanism: ``next_text`` is exactly what one
 more greedy step adds, and reusing the look-ahead logits in the next draft changes nothing.

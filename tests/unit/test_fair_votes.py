@@ -1,4 +1,4 @@
-"""Issue 14 in the round loop, with scripted members: calibrated/rank/ratio votes and their state,
+"""Fair votes in the round loop, with scripted members: calibrated/rank/ratio votes and their state,
 trimming only drafts that ended inside a word, leading-token scoring, and exit on a significant lead."""
 
 import math

@@ -1,4 +1,4 @@
-"""The quality benchmark's paired statistics against hand-computed numbers (issue 14)."""
+"""The quality benchmark's paired statistics against hand-computed numbers."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Model exit and Hedge weights against hand-computed examples (algorithm.md §4–5)."""
+"""Model exit and Hedge weights against hand-computed examples (docs/algorithm.md §4–5)."""
 
 import math
 
@@ -58,7 +58,7 @@ def test_hedge_update_and_schedules():
     assert sum(w) == pytest.approx(1.0)
 
 
-# -- exit on a lead significant for the number of rounds (issue 14) --------------------------------
+# -- exit on a lead significant for the number of rounds -------------------------------------------
 
 
 def test_lead_exit_needs_z_sqrt_rounds():

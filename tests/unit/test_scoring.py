@@ -1,4 +1,4 @@
-"""The scoring math against hand-computed examples (algorithm.md §3, steps 4–6)."""
+"""The scoring math against hand-computed examples (docs/algorithm.md §3, steps 4–6)."""
 
 import math
 
@@ -71,7 +71,7 @@ def test_full_round_by_hand():
     assert scoring.select_winner(totals, [0.6, 0.3], [0, 1]) == 0
 
 
-# -- ratio, calibrated and rank normalisations (issue 14) -------------------------------------------
+# -- ratio, calibrated and rank normalisations ------------------------------------------------------
 
 
 def test_ratio_divides_raw_scores_without_exponentiating():

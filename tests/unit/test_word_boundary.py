@@ -1,4 +1,4 @@
-"""Segment boundaries (algorithm.md §3.2, issue 14): trim only a draft that ended inside a word."""
+"""Segment boundaries (docs/algorithm.md §3.2): trim only a draft that ended inside a word."""
 
 import pytest
 
