@@ -213,8 +213,8 @@ class LlamaCppServer:
 
 
 @pytest.mark.slow
+@pytest.mark.llama_cpp
 def test_a_remote_member_killed_mid_stream_exits_and_the_stream_completes(tiny_specs, tmp_path):
-    import llama_cpp.server  # noqa: F401 - a dev dependency: fail loudly if missing
 
     from specfuse_core.presets import PRESETS, fetch_gguf
 
