@@ -19,6 +19,7 @@ ExitQuality = Literal["wins", "scores"]
 ExitRule = Literal["entropy", "lead"]
 ToolVote = Literal["native", "all"]
 TieBreak = Literal["self_score", "coin"]
+ContextOverflow = Literal["fail", "exit"]
 
 SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
@@ -28,6 +29,7 @@ WEIGHT_SCHEDULES: tuple[str, ...] = get_args(WeightSchedule)
 EXIT_QUALITIES: tuple[str, ...] = get_args(ExitQuality)
 TOOL_VOTES: tuple[str, ...] = get_args(ToolVote)
 TIE_BREAKS: tuple[str, ...] = get_args(TieBreak)
+CONTEXT_OVERFLOWS: tuple[str, ...] = get_args(ContextOverflow)
 FAIR_NORMALIZATIONS: tuple[str, ...] = ("calibrated", "rank")
 """Normalisations meant to give every scorer an equally loud vote: their ties break by ``coin``."""
 
@@ -96,12 +98,16 @@ class FusionConfig:
     top_p: float | None = _option(None, "nucleus sampling mass of the drafts")
     seed: int | None = _option(None, "seed for reproducible sampling")
     stop: tuple[str, ...] = _option((), "stop strings: the answer is cut before the first one")
-    score_mode: ScoreMode = _option("mean_prob", "per-candidate score: mean_prob (paper), mean_logprob, mean_logit (reference code)")
+    score_mode: ScoreMode = _option(
+        "mean_prob", "per-candidate score: mean_prob (paper), mean_logprob, mean_logit (reference code)"
+    )
     normalize: Normalization = _option("sum", (
         "per-scorer normalisation: sum (paper), softmax, ratio (reference code), calibrated (margins in "
         "each scorer's typical margin), rank (Borda)"))  # fmt: skip
     softmax_temperature: float = _option(1.0, "temperature of normalize=softmax")
-    score_span: ScoreSpan = _option("full", "score all tokens (full) or the shortest candidate's leading tokens (leading)")
+    score_span: ScoreSpan = _option(
+        "full", "score all tokens (full) or the shortest candidate's leading tokens (leading)"
+    )
     tie_break: TieBreak | None = _option(None, (
         "who wins tied scores: the most self-confident member (self_score) or a fair coin seeded by the "
         "candidates (coin); default coin with calibrated and rank, else self_score"))  # fmt: skip
@@ -114,7 +120,9 @@ class FusionConfig:
     exit_entropy: float = _option(0.6, "the entropy rule fires below this normalised entropy")
     exit_share: float = _option(0.5, "the entropy rule: a member exits below this share of 1/n")
     exit_quality: ExitQuality = _option("wins", "what Q accumulates: rounds won (wins) or aggregated scores (scores)")
-    exit_rule: ExitRule = _option("entropy", "entropy of softmax(Q) (entropy) or a lead of exit_lead_z * sqrt(rounds) (lead)")
+    exit_rule: ExitRule = _option(
+        "entropy", "entropy of softmax(Q) (entropy) or a lead of exit_lead_z * sqrt(rounds) (lead)"
+    )
     exit_lead_z: float = _option(1.645, "exit_rule=lead: the lead needed, in sqrt(verified rounds)")
     keep_exits: bool = _option(False, (
         "with exit_rule=lead: Q adds up across requests and a member that exits stays out of later ones "
@@ -128,6 +136,17 @@ class FusionConfig:
     tool_vote: ToolVote = _option("native", (
         "with tools: who votes on whether to call a tool: the members whose templates show the tools "
         "(native) or every member (all)"))  # fmt: skip
+    # The work one request may cause (docs/algorithm.md §7): checked before any member works on it.
+    context_overflow: ContextOverflow = _option("fail", (
+        "a member that cannot hold the prompt plus max_tokens: fail the request (fail) or leave that "
+        "member out of it (exit)"))  # fmt: skip
+    max_prompt_tokens: int | None = _option(8192, (
+        "the longest prompt (tools and schema instructions included) a member may be given, in its own "
+        "tokens"), per_request=False)  # fmt: skip
+    max_tools: int | None = _option(128, "the most tools one request may offer", per_request=False)
+    max_schema_bytes: int | None = _option(65536, (
+        "the largest tools list or response_format schema, in bytes of JSON (grammar compile time grows "
+        "with it)"), per_request=False)  # fmt: skip
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -161,6 +180,13 @@ class FusionConfig:
             raise ConfigError(
                 "keep_exits needs exit_rule='lead' (the entropy rule's softmax(Q) sharpens without end "
                 "as Q adds up across requests)"
+            )
+        for name in ("max_prompt_tokens", "max_tools", "max_schema_bytes"):
+            if getattr(self, name) is not None:
+                _require_int(name, getattr(self, name), minimum=1)
+        if self.context_overflow not in CONTEXT_OVERFLOWS:
+            raise ConfigError(
+                f"context_overflow must be one of {', '.join(CONTEXT_OVERFLOWS)}, got {self.context_overflow!r}"
             )
         if self.tool_vote not in TOOL_VOTES:
             raise ConfigError(f"tool_vote must be one of {', '.join(TOOL_VOTES)}, got {self.tool_vote!r}")

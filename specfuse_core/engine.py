@@ -20,6 +20,7 @@ from . import policies, scoring
 from ._background import run_sync
 from .config import FusionConfig
 from .errors import ConfigError, NoActiveMembersError
+from .limits import PromptFit, check_prompts, check_tool_limits
 from .member import ContextWindowFull, Draft, Member, MemberSession, SamplingParams
 from .messages import Message, validate_messages
 from .scheduler import Placement, Schedule, assign
@@ -160,6 +161,7 @@ class Ensemble:
         tools = tool_request(**{k: overrides.pop(k) for k in TOOL_OPTIONS if k in overrides})
         clean = validate_messages(messages)
         config = self.config.replace(**overrides) if overrides else self.config
+        check_tool_limits(tools, config)
         return _Request(self, clean, config, tools)
 
     def stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> FusionStream:
@@ -229,6 +231,12 @@ class FusionStream(_StreamBase, Iterator[SegmentEvent]):
         except StopAsyncIteration:
             raise StopIteration from None
 
+    def check(self) -> None:
+        """Run the request's up-front checks now (limits, context windows, the grammar), before any
+        member works on it; iterating runs them too. Raises :class:`InvalidRequestError` subclasses:
+        :class:`RequestLimitError`, :class:`ContextLengthError`."""
+        run_sync(self._request.preflight())
+
     def close(self) -> None:
         """Stop the request early and release its caches."""
         run_sync(self._events.aclose())
@@ -248,6 +256,10 @@ class AsyncFusionStream(_StreamBase):
 
     async def __anext__(self) -> SegmentEvent:
         return await self._events.__anext__()
+
+    async def check(self) -> None:
+        """Async twin of :meth:`FusionStream.check`."""
+        await self._request.preflight()
 
     async def aclose(self) -> None:
         """Stop the request early and release its caches."""
@@ -316,6 +328,8 @@ class _Request:
         self.trace: list[SegmentEvent] = []
         self.result: FusionResult | None = None
         self._pending_exits: list[MemberExit] = []
+        self._preflown = False
+        self._unfit: dict[str, str] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -334,12 +348,41 @@ class _Request:
         finally:
             await self._close()
 
-    async def _open(self) -> None:
-        seed = self.config.seed
+    async def preflight(self) -> None:
+        """The checks before any member works on the request (once): the grammar compiles, and every
+        member's rendered prompt is within ``max_prompt_tokens`` and fits its context window with
+        ``max_tokens`` (see :mod:`specfuse_core.limits`)."""
+        if self._preflown:
+            return
+        self._preflown = True
         if self.tools.constrained:
             from .grammar import TextGrammar
 
-            self.grammar = TextGrammar(self.tools)  # a schema that cannot compile fails before any session opens
+            self.grammar = await asyncio.to_thread(TextGrammar, self.tools)
+        members = [m for m in self.ensemble.members if m.name not in self._kept_out()]
+        counted = await asyncio.gather(*(self._prompt_tokens(m) for m in members))
+        fits = [
+            PromptFit(m.name, count, m.context_window) for m, count in zip(members, counted) if count is not None
+        ]
+        self._unfit = check_prompts(fits, self.config, {m.name: (m.can_draft, m.can_score) for m in members})
+
+    async def _prompt_tokens(self, member: Member) -> int | None:
+        """The length of ``member``'s rendered prompt, when it can tell without doing model work."""
+        measure = getattr(member, "prompt_tokens", None)
+        if measure is None:
+            return None
+        try:
+            return await measure(self.messages, self.tools)
+        except Exception:  # noqa: BLE001 - a member that cannot answer fails, and exits, when its session opens
+            return None
+
+    def _kept_out(self) -> dict[str, str]:
+        """Members kept out of every request by exits in earlier ones (``keep_exits``)."""
+        return dict(self.ensemble.exit_evidence.exited) if self._keeps_exits else {}
+
+    async def _open(self) -> None:
+        await self.preflight()
+        seed = self.config.seed
 
         def opener(member: Member) -> Callable[[], Awaitable[MemberSession]]:
             member_seed = None if seed is None else seed + self.order[member.name]
@@ -348,9 +391,10 @@ class _Request:
             )
 
         self.active = list(self.ensemble.members)
-        if self._keeps_exits:
-            for name, reason in self.ensemble.exit_evidence.exited.items():
-                self._exit(name, f"exited in an earlier request (keep_exits): {reason}")
+        for name, reason in self._kept_out().items():
+            self._exit(name, f"exited in an earlier request (keep_exits): {reason}")
+        for name, reason in self._unfit.items():
+            self._exit(name, reason)
         opened = await self._call_all(self.active, opener, kind=None, calls=[])
         self.sessions = dict(opened)
         self.ensemble._open_sessions += len(self.sessions)

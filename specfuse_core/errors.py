@@ -19,6 +19,38 @@ class SpecFuseValueError(SpecFuseError, ValueError):
 class InvalidRequestError(SpecFuseValueError):
     """The messages of a request are malformed (empty, unknown role, non-text content)."""
 
+    code: str | None = None
+    """OpenAI's error code for this kind of request error (the server answers with it)."""
+    param: str | None = None
+    """The request field the error is about, when one is."""
+
+
+class RequestLimitError(InvalidRequestError):
+    """A request asks for more work than the ensemble's limits allow (too many tools, too large a
+    schema, too long a prompt); the message names the limit and the ``FusionConfig`` option that sets it."""
+
+    code = "request_too_large"
+
+    def __init__(self, message: str, *, limit: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.param = param
+
+
+class ContextLengthError(InvalidRequestError):
+    """A member cannot hold the request's prompt plus ``max_tokens`` in its context window.
+
+    ``overflows`` lists ``(member, prompt_tokens, max_tokens, context_window)`` for every member that
+    cannot (with ``context_overflow="exit"`` those members exit instead, unless none would be left).
+    """
+
+    code = "context_length_exceeded"
+    param = "messages"
+
+    def __init__(self, message: str, overflows: tuple[tuple[str, int, int, int], ...]) -> None:
+        super().__init__(message)
+        self.overflows = overflows
+
 
 class ConfigError(SpecFuseValueError):
     """A fusion option or member specification is invalid."""

@@ -14,6 +14,7 @@ the reference code does (the baseline of ``benchmarks/rounds.py``).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import sys
@@ -183,6 +184,10 @@ class HFMember:
         text = member_prompt(messages, tools, support, self.render)
         return list(self.tokenizer.encode(text, add_special_tokens=self.uses_plain_template))
 
+    async def prompt_tokens(self, messages: list[Message], tools: ToolRequest = NO_TOOLS) -> int:
+        """The length of the rendered prompt (tools and schema instructions included), without model work."""
+        return await asyncio.to_thread(lambda: len(self.prompt_ids(messages, tools)))
+
     def grammar_vocab(self) -> Any:
         """This member's vocabulary for grammar.py (compiled once, cached by grammar.py)."""
         from .grammar import TokenVocabulary
@@ -335,7 +340,10 @@ class HFSession:
             self._cache, keep = kv_cache.new_cache(), 0
         else:
             kv_cache.crop(self._cache, keep)
-        logits, self._cache = yield from self._forward([target[keep:]], self._cache, logits_to_keep=1)
+        for start in range(keep, len(target), PREFILL_CHUNK):
+            self._cached_ids = target[:start]  # what the cache holds, should the request stop between chunks
+            chunk = target[start : start + PREFILL_CHUNK]
+            logits, self._cache = yield from self._forward([chunk], self._cache, logits_to_keep=1)
         self._cached_ids = list(target)
         return logits[0, -1].float()
 
@@ -458,6 +466,11 @@ class HFSession:
 
 _Job = Generator["_Pass", Any, T]
 
+PREFILL_CHUNK = 256
+"""Tokens per forward pass of a prompt prefill. Each chunk is one step of the member's worker, so the
+decode steps of concurrent requests run between the chunks of a long prompt instead of waiting for
+all of it (chunked prefill)."""
+
 
 @dataclass(frozen=True)
 class _Pass:
@@ -472,7 +485,7 @@ class _ForwardRunner:
     """Runs a member's forward passes for :class:`~specfuse_core.scheduler.Worker` (a ``BatchRunner``).
 
     Single-token decode steps of concurrent requests share a batch, and so do short multi-token passes
-    (scoring, catching up after a round); a long prompt prefill runs alone rather than padding the others.
+    (scoring, catching up after a round); a prompt prefill's chunks run alone rather than padding the others.
     """
 
     SHORT = 64

@@ -105,7 +105,12 @@ class MemberSession(Protocol):
 
 @runtime_checkable
 class Member(Protocol):
-    """A model taking part in an ensemble."""
+    """A model taking part in an ensemble.
+
+    A member may also have ``async prompt_tokens(messages, tools) -> int | None``: the length of the
+    prompt it would be given, counted without model work. The engine then checks the request against
+    ``max_prompt_tokens`` and the member's context window before any session opens.
+    """
 
     name: str
     role: Role

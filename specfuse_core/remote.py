@@ -176,6 +176,17 @@ class OpenAICompatibleMember:
         session.messages = prepared if tool_list is None else prepare_messages(messages, request, NO_NATIVE_SUPPORT)[0]
         return session
 
+    async def prompt_tokens(self, messages: list[Message], tools: ToolRequest | None = None) -> int | None:
+        """The length of the rendered prompt when this member has a local tokenizer (else ``None``:
+        the server counts, and a prompt it cannot hold makes the member exit when it is sent)."""
+        if self.tokenizer is None:
+            return None
+        await self._prepare()
+        request = tools or NO_TOOLS
+        support = self._tool_support() if needs_tool_rendering(messages, request) else NO_NATIVE_SUPPORT
+        prepared, tool_list = prepare_messages(messages, request, support)
+        return self.count_tokens(await self._render_prompt(prepared, tool_list))
+
     def _tool_support(self) -> ToolSupport:
         """Native tool rendering only with a local tokenizer (its template can be probed); else the fallback."""
         if self.tokenizer is None:

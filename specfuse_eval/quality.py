@@ -68,7 +68,13 @@ FUSION_CONFIGS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_CONFIGS = ("specfuse", "specfuse+exit", "specfuse+weights", "specfuse+exit+weights")  # "all"
 MEMBERS_ALIAS = "members"  # in --configs: every member alone
-LATER_OPTIONS: dict[str, Any] = {"keep_exits": False}
+LATER_OPTIONS: dict[str, Any] = {
+    "keep_exits": False,
+    "context_overflow": "fail",
+    "max_prompt_tokens": 8192,
+    "max_tools": 128,
+    "max_schema_bytes": 65536,
+}
 """Fusion options added after answers were cached, with their defaults: at the default an option stays
 out of the cache hash, so adding it keeps every cached answer it does not change."""
 TOOL_ONLY_OPTIONS = ("tool_vote",)

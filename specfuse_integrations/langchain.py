@@ -15,6 +15,7 @@ grammar-constrained by ``specfuse_core``; this module only converts its ``ToolCa
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -34,6 +35,7 @@ try:
         adispatch_custom_event,
         dispatch_custom_event,
     )
+    from langchain_core.exceptions import ContextOverflowError, ModelInvalidRequestError
     from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
     from langchain_core.language_models.model_profile import ModelProfile
     from langchain_core.messages import (
@@ -77,10 +79,18 @@ from specfuse_core import (
     SegmentEvent,
 )
 from specfuse_core.config import FusionOption, fusion_options
+from specfuse_core.errors import ContextLengthError, RequestLimitError
 from specfuse_core.messages import validate_messages
 from specfuse_core.tools import TOOL_OPTIONS, ToolCallAccumulator, ToolCallDelta, tool_request
 
-__all__ = ["SEGMENT_EVENT", "ChatSpecFuse", "SpecFuseChatModel", "to_specfuse_messages"]
+__all__ = [
+    "SEGMENT_EVENT",
+    "ChatSpecFuse",
+    "SpecFuseChatModel",
+    "SpecFuseContextOverflowError",
+    "SpecFuseRequestLimitError",
+    "to_specfuse_messages",
+]
 
 SEGMENT_EVENT = "specfuse_segment"
 """Name of the custom callback event dispatched once per accepted segment."""
@@ -177,6 +187,27 @@ def to_specfuse_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]
             )
         converted.append({"role": role, "content": message.content})
     return converted
+
+
+class SpecFuseContextOverflowError(ContextLengthError, ContextOverflowError):
+    """A member cannot hold the request: specfuse's :class:`ContextLengthError` and LangChain's
+    ``ContextOverflowError`` at once, so code that catches either keeps working."""
+
+
+class SpecFuseRequestLimitError(RequestLimitError, ModelInvalidRequestError):
+    """A request over the ensemble's limits: :class:`RequestLimitError` and LangChain's
+    ``ModelInvalidRequestError``."""
+
+
+@contextlib.contextmanager
+def _as_langchain_errors() -> Iterator[None]:
+    """Raise the up-front checks' errors as LangChain's error types (subclasses of specfuse's own)."""
+    try:
+        yield
+    except ContextLengthError as error:
+        raise SpecFuseContextOverflowError(str(error), error.overflows) from None
+    except RequestLimitError as error:
+        raise SpecFuseRequestLimitError(str(error), limit=error.limit, param=error.param) from None
 
 
 def _tool_call_chunks(deltas: Sequence[ToolCallDelta]) -> list[ToolCallChunk]:
@@ -680,7 +711,9 @@ class _SpecFuseChatModel(BaseChatModel):
     ) -> Iterator[SegmentEvent]:
         """Run one request; yield its events (the last one carries the result)."""
         start = time.monotonic()
-        stream = ensemble.stream(request, **overrides)
+        with _as_langchain_errors():
+            stream = ensemble.stream(request, **overrides)
+            stream.check()
         try:
             for event in stream:
                 config = self._event_config(run_manager, CallbackManager)
@@ -751,7 +784,9 @@ class _SpecFuseChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None,
     ) -> AsyncIterator[SegmentEvent]:
         start = time.monotonic()
-        stream = ensemble.astream(request, **overrides)
+        with _as_langchain_errors():
+            stream = ensemble.astream(request, **overrides)
+            await stream.check()
         try:
             async for event in stream:
                 config = self._event_config(run_manager, AsyncCallbackManager)

@@ -137,9 +137,15 @@ class _Run:
         return self.result
 
 
+def _bad_request(error: SpecFuseValueError) -> APIError:
+    """A 400 with the error's own OpenAI code and field (``context_length_exceeded``, ...) where it has one."""
+    param = getattr(error, "param", None) or _param_of(error)
+    return APIError(400, str(error), param=param, code=getattr(error, "code", None))
+
+
 def _engine_error(error: Any) -> APIError:
     if isinstance(error, SpecFuseValueError):
-        return APIError(400, str(error), param=_param_of(error))
+        return _bad_request(error)
     name = type(error).__name__ if error is not None else "Error"
     return APIError(500, f"the ensemble failed: {name}: {error}")
 
@@ -307,8 +313,9 @@ def create_app(
         _check_budget(ensemble, req.overrides.get("max_tokens"))
         try:
             stream = ensemble.astream(req.messages, **req.overrides, **req.tools)
+            await stream.check()  # limits and context windows: a 400 before the request waits or works
         except SpecFuseValueError as error:
-            raise APIError(400, str(error), param=_param_of(error)) from None
+            raise _bad_request(error) from None
         state.admission.reserve()
         run = _Run(state, stream, arrival)
         ids = (protocol.new_completion_id(), protocol.now(), req.model)
