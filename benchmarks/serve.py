@@ -11,9 +11,11 @@ RSS during the level. The same requests are also answered in-process (``Ensemble
 time) to give the HTTP overhead on time to first segment and on latency (goal: within +10%). One
 request warms each side up first and is not counted.
 
-On one device every member call of every request takes its turn on that device's thread, so more
-clients do not add throughput: they share it. Batching several requests' drafts into one forward
-pass is a later step, which these numbers size.
+Concurrent requests on one member run their forward passes in lockstep on its worker, decode steps
+batched. ``--fairness`` measures instead what one long prompt does to short requests: the time to
+first segment of three short streaming requests sent together, alone and with a request whose prompt
+is about ``--long-tokens`` tokens sent at the same moment, through the server; then the same in-process
+with the prompt prefill in chunks (the default, ``PREFILL_CHUNK``) and in one pass.
 """
 
 from __future__ import annotations
@@ -165,6 +167,102 @@ def in_process(members: list[str] | None, prompts: list[str], args: argparse.Nam
     return summarize(results, sum(r["latency"] for r in results)) | {"per_request": results}
 
 
+LONG_WORDS = "one two three four five six seven eight nine ten "
+
+
+def long_prompt(tokens: int, members: list[str] | None) -> str:
+    """A prompt of about ``tokens`` tokens in the first member's tokenizer."""
+    from specfuse_core import Ensemble
+
+    first = Ensemble.from_specs(members or None, share=True).members[0]
+    per_repeat = len(first.encode(LONG_WORDS * 10)) / 10
+    return LONG_WORDS * max(1, round(tokens / per_repeat))
+
+
+async def short_ttfs(send: Any, with_long: bool) -> dict[str, Any]:
+    """Three short requests (and the long one) sent together; each short one's time to first segment."""
+    jobs = [send(PROMPTS[i], False) for i in range(3)] + ([send(None, True)] if with_long else [])
+    results = await asyncio.gather(*jobs)
+    short = [r for r in results[:3]]
+    errors = [r["error"] for r in results if "error" in r]
+    return {"ttfs_s": [round(r.get("ttfs") or float("nan"), 3) for r in short],
+            "long_ttfs_s": round(results[3].get("ttfs") or float("nan"), 3) if with_long else None,
+            "errors": errors}  # fmt: skip
+
+
+def fairness(members: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Time to first segment of short requests, without and with one long prompt beside them."""
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from server_harness import ServerProcess
+
+    prompt = long_prompt(args.long_tokens, members or None)
+    out_dir = Path("benchmarks/results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"members": members or "default", "long_prompt_words": len(prompt.split()),
+                              "long_tokens": args.long_tokens, "max_tokens": args.max_tokens}  # fmt: skip
+
+    def body(text: str) -> dict[str, Any]:
+        return request_body(text, args)
+
+    server = ServerProcess(members, out_dir / "serve-fairness.log", args=["--log-level", "warning"], ready_timeout=900)
+    try:
+        async def over_http(with_long: bool) -> dict[str, Any]:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(3600)) as client:
+                async def send(text: str | None, is_long: bool) -> dict[str, Any]:
+                    return await one_request(client, server.url, body(prompt if is_long else text or ""))
+
+                return await short_ttfs(send, with_long)
+
+        asyncio.run(over_http(False))  # warm-up
+        report["server"] = {"alone": asyncio.run(over_http(False)), "with_long": asyncio.run(over_http(True))}
+        print(f"server: {json.dumps(report['server'])}", flush=True)
+    finally:
+        server.stop(60)
+
+    from specfuse_core import Ensemble, FusionConfig, hf_member
+
+    ensemble = Ensemble.from_specs(members or None, FusionConfig(), share=True)
+    chunk = hf_member.PREFILL_CHUNK
+
+    async def in_process(with_long: bool) -> dict[str, Any]:
+        async def send(text: str | None, is_long: bool) -> dict[str, Any]:
+            start = time.perf_counter()
+            messages = [{"role": "user", "content": prompt if is_long else text or ""}]
+            async with ensemble.astream(messages, max_tokens=args.max_tokens, temperature=0,
+                                        segment_tokens=args.segment_tokens) as stream:  # fmt: skip
+                async for _ in stream:
+                    return {"ttfs": time.perf_counter() - start}
+            return {"error": "no segment"}
+
+        return await short_ttfs(send, with_long)
+
+    asyncio.run(in_process(False))  # warm-up
+    report["in_process"] = {"alone": asyncio.run(in_process(False)), "chunked": asyncio.run(in_process(True))}
+    hf_member.PREFILL_CHUNK = 10**9  # one pass for the whole prompt, as before chunked prefill
+    try:
+        report["in_process"]["one_pass"] = asyncio.run(in_process(True))
+    finally:
+        hf_member.PREFILL_CHUNK = chunk
+    print(f"in-process: {json.dumps(report['in_process'])}", flush=True)
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    alone = median(report["server"]["alone"]["ttfs_s"])
+    report["short_ttfs_ratio"] = {
+        "server_with_long_vs_alone": round(median(report["server"]["with_long"]["ttfs_s"]) / alone, 2),
+        "in_process_chunked_vs_alone": round(
+            median(report["in_process"]["chunked"]["ttfs_s"]) / median(report["in_process"]["alone"]["ttfs_s"]), 2),
+        "in_process_one_pass_vs_alone": round(
+            median(report["in_process"]["one_pass"]["ttfs_s"]) / median(report["in_process"]["alone"]["ttfs_s"]), 2),
+    }  # fmt: skip
+    print(f"short requests' median time to first segment, relative to alone: {report['short_ttfs_ratio']}")
+    (out_dir / "serve-fairness.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--member", action="append", help="member spec (default: the default ensemble)")
@@ -173,7 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--segment-tokens", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.add_argument("--fairness", action="store_true", help="short requests beside one long prompt (see above)")
+    parser.add_argument("--long-tokens", type=int, default=4000, help="--fairness: the long prompt's length")
     args = parser.parse_args(argv)
+    if args.fairness:
+        report = fairness(args.member or [], args)
+        if args.json:
+            print(json.dumps(report))
+        return 0 if not any(report["server"][k]["errors"] for k in ("alone", "with_long")) else 1
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from server_harness import ServerProcess  # the tests' launcher: `specfuse serve` on a free loopback port
