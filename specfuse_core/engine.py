@@ -26,8 +26,10 @@ from .messages import Message, validate_messages
 from .scheduler import Placement, Schedule, assign
 from .segments import find_stop, trim_to_word_boundary
 from .tools import (
+    CALL_OPEN,
     NO_TOOLS,
     TOOL_OPTIONS,
+    ToolCall,
     ToolCallDelta,
     ToolCallStreamParser,
     ToolRequest,
@@ -314,6 +316,7 @@ class _Request:
         self._forced = ""
         self._round_notes: list[str] = []
         self._parsed: tuple[str, list[Any], list[Any]] | None = None  # the answer's calls, parsed once at the end
+        self._content_sent = ""  # the answer's content streamed so far
         self.order = {m.name: i for i, m in enumerate(ensemble.members)}
         self.active: list[Member] = []
         self.sessions: dict[str, MemberSession] = {}
@@ -617,16 +620,34 @@ class _Request:
     def _parse_segment(
         self, accepted: str, finish: FinishReason | None
     ) -> tuple[str, list[ToolCallDelta], FinishReason | None]:
-        """Content and tool-call deltas of an accepted segment; a finished answer with calls ends in ``tool_calls``."""
+        """Content and tool-call deltas of an accepted segment; a finished answer with calls ends in ``tool_calls``.
+
+        A call that repeats an earlier one (same name, same arguments) is never made: the answer is cut
+        back to before it and ends there, with a note in the trace.
+        """
         if self.parser is None:
             return accepted, [], finish
+        earlier = len(self.parser.calls)
         content, deltas = self.parser.feed(accepted)
+        repeat = _first_repeat(self.parser.calls, earlier)
+        if repeat is not None:
+            call = self.parser.calls[repeat]
+            self._round_notes.append(
+                f"the answer repeated the call {call.name}({call.arguments_json()}): the repeat is dropped and "
+                "the answer ends before it"
+            )
+            self.text = self.text[: _call_start(self.text, self.parser.ids.index(call.id))].rstrip()
+            self._parsed = parse_tool_calls(self.text, self.parser.ids)
+            new_content = self._parsed[0][len(self._content_sent) :]
+            self._content_sent = self._parsed[0]
+            return new_content, [d for d in deltas if d.index < repeat], "tool_calls" if self._parsed[1] else "stop"
         if finish is not None:
             tail, last = self.parser.finish()
             content, deltas = content + tail, deltas + last
             self._parsed = parse_tool_calls(self.text, self.parser.ids)
             if finish == "stop" and self._parsed[1]:
                 finish = "tool_calls"
+        self._content_sent += content
         return content, deltas, finish
 
     async def _verify(
@@ -800,6 +821,22 @@ class _Request:
             budget -= 1
             cut = counter.truncate_to_tokens(text, budget)
         return cut
+
+
+def _first_repeat(calls: Sequence[ToolCall], start: int) -> int | None:
+    """The index of the first call from ``start`` on with the name and arguments of an earlier call."""
+    for index in range(start, len(calls)):
+        if any((c.name, c.arguments) == (calls[index].name, calls[index].arguments) for c in calls[:index]):
+            return index
+    return None
+
+
+def _call_start(text: str, ordinal: int) -> int:
+    """Where the ``ordinal``-th ``<tool_call>`` of ``text`` starts."""
+    position = -1
+    for _ in range(ordinal + 1):
+        position = text.index(CALL_OPEN, position + 1)
+    return position
 
 
 def _copy_usage(usage: MemberUsage) -> MemberUsage:

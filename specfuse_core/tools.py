@@ -266,16 +266,18 @@ class ToolCallStreamParser:
 
     Content is held back while it could be the start of ``<tool_call>``, and so is trailing
     whitespace (dropped before a call and at the end, like the answer's leading whitespace and the
-    whitespace after a call); inside a call the name is
-    sent once it is complete, then the raw arguments text, holding back what could be the closing
-    ``}\\n</tool_call>``. :meth:`finish` flushes what is left. Ids handed out are in :attr:`ids`.
+    whitespace after a call). A call is held back whole until ``</tool_call>`` closes it, then sent as
+    one delta (id, name and arguments JSON) if it parses; a call cut by the token budget, or one that
+    does not parse, is never streamed, so no client's merging of deltas can mistake it for a finished
+    call (it is in the result's ``invalid_tool_calls``). :meth:`finish` flushes what is left. Ids handed
+    out are in :attr:`ids`, one per ``<tool_call>`` in order (as :func:`parse_tool_calls` numbers them);
+    streamed calls are indexed 0, 1, ... among the valid ones, as the result's ``tool_calls``.
     """
 
     ids: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
     _buffer: str = ""
     _in_call: bool = False
-    _name_sent: bool = False
-    _args_sent: int = 0
     _seen_content: bool = False
     _held_space: str = ""
 
@@ -299,14 +301,19 @@ class ToolCallStreamParser:
                     break
                 content.append(self._content(self._buffer[:start], boundary=True))
                 self._buffer = self._buffer[start + len(CALL_OPEN) :]
-                self._in_call, self._name_sent, self._args_sent = True, False, 0
+                self._in_call = True
                 self.ids.append(new_call_id())
                 continue
             end = self._buffer.find(CALL_CLOSE)
-            body = self._buffer if end == -1 else self._buffer[:end]
-            deltas.extend(self._call_deltas(body, closed=end != -1 or final))
             if end == -1:
+                if final:
+                    self._buffer = ""  # cut by the budget: an invalid call of the result, never streamed
                 break
+            decoded = _decode_call(self._buffer[:end].strip())
+            if not isinstance(decoded, str):
+                call = ToolCall(self.ids[-1], decoded[0], decoded[1])
+                deltas.append(ToolCallDelta(len(self.calls), id=call.id, name=call.name, arguments=call.arguments_json()))
+                self.calls.append(call)
             self._buffer = self._buffer[end + len(CALL_CLOSE) :]
             self._in_call, self._seen_content = False, False
         return "".join(content), deltas
@@ -320,38 +327,6 @@ class ToolCallStreamParser:
         self._held_space = "" if boundary else raw[len(text) :]
         self._seen_content = self._seen_content or bool(text)
         return text
-
-    def _call_deltas(self, body: str, *, closed: bool) -> list[ToolCallDelta]:
-        index = len(self.ids) - 1
-        out: list[ToolCallDelta] = []
-        if not self._name_sent:
-            name = _name_hint(body)
-            if name is None or not re.search(r'"name"\s*:\s*"[^"\\]*"\s*,\s*"arguments"\s*:\s*', body):
-                if closed:  # never named: report the raw body as arguments of an unnamed call
-                    self._name_sent = True
-                    out.append(ToolCallDelta(index, id=self.ids[index], name=_name_hint(body) or "", arguments=""))
-                else:
-                    return out
-            else:
-                self._name_sent = True
-                out.append(ToolCallDelta(index, id=self.ids[index], name=name))
-        args_match = re.search(r'"arguments"\s*:\s*', body)
-        args_start = args_match.end() if args_match else len(body)
-        args = body[args_start:]
-        if closed:
-            args = args.rstrip()
-            if args.endswith("}"):
-                args = args[:-1].rstrip()  # the closing brace of {"name": ..., "arguments": ...}
-        else:
-            args = args[: max(0, len(args) - _ARGS_HOLD_BACK)]
-        if len(args) > self._args_sent:
-            out.append(ToolCallDelta(index, arguments=args[self._args_sent :]))
-            self._args_sent = len(args)
-        return out
-
-
-_ARGS_HOLD_BACK = len("}\n" + CALL_CLOSE) + 2
-"""Argument characters held back while a call is open: they may be the call's own closing brace."""
 
 
 def _partial_suffix(text: str, tag: str) -> int:

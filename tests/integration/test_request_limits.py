@@ -187,3 +187,24 @@ def test_context_overflow_exit_answers_with_the_members_that_fit(tiny_specs, ope
     result = ensemble.generate(question, context_overflow="exit")
     assert opened == [large.name] and [x.member for x in result.exits] == [small.name]
     assert result.output_tokens > 0
+
+
+# -- a call cut by the budget, as the openai client accumulates a stream ----------------------------
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Berlin"]}}, "required": ["city"],
+    "additionalProperties": False}}}  # fmt: skip
+
+
+def test_a_cut_call_is_no_call_in_the_openai_clients_merged_stream(sdk):
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    request = body(tools=[WEATHER], tool_choice="required", max_tokens=4)  # too few tokens to close the call
+    state = ChatCompletionStreamState()  # the client's own accumulation of a stream's deltas
+    for chunk in sdk.chat.completions.create(**request, stream=True):
+        state.handle_chunk(chunk)
+        assert not state.current_completion_snapshot.choices[0].message.tool_calls
+    (choice,) = state.current_completion_snapshot.choices
+    assert choice.finish_reason == "length" and not choice.message.tool_calls
+    whole = sdk.chat.completions.create(**body(tools=[WEATHER], tool_choice="required", max_tokens=80))
+    assert whole.choices[0].finish_reason == "tool_calls" and whole.choices[0].message.tool_calls  # it can call

@@ -324,12 +324,11 @@ def test_budget_cut_inside_a_call_is_an_invalid_call_with_finish_length():
     assert message.response_metadata["finish_reason"] == "length"
     bad = message.invalid_tool_calls[0]
     assert bad["id"] and bad["error"] and bad["type"] == "invalid_tool_call"
-    # Streamed, the cut arguments arrive as they are; LangChain's chunk merging parses partial JSON
-    # leniently (for every provider), so finish_reason is what tells a cut call apart.
+    # Streamed, a call is sent only once it closes: LangChain's chunk merging parses partial JSON
+    # leniently, so the pieces of a cut call would add up to a valid-looking call.
     full = summed(list(model.stream("what is 2 + 3?")))
     assert full.response_metadata["finish_reason"] == "length"
-    (piece,) = full.tool_call_chunks
-    assert piece["name"] == "add" and bad["args"].endswith(piece["args"]) and piece["args"].startswith("{")
+    assert full.tool_call_chunks == [] and full.tool_calls == [] and full.invalid_tool_calls == []
 
 
 def test_plain_text_answers_are_unchanged_by_tools():
@@ -438,3 +437,19 @@ def test_create_agent_uses_native_structured_output():
     session = model.get_ensemble().members[0].sessions[-1]
     assert session.tools.response_schema["properties"].keys() == {"setup", "punchline"}
     assert not session.tools.tools  # no structured-output tool was added: the answer itself is the JSON
+
+
+def test_a_repeated_call_is_never_made_twice():
+    """A call with the same name and arguments as an earlier one is dropped, and the answer ends there;
+    a different second call stays."""
+    again = ANSWER + "\n" + call_text("add", {"a": 2, "b": 3}) + "\n" + call_text("add", {"a": 2, "b": 3})
+    model = model_writing(again).bind_tools([add])
+    message = model.invoke("what is 2 + 3?")
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("add", {"a": 2, "b": 3})]
+    assert message.response_metadata["finish_reason"] == "tool_calls" and message.content == "Let me add them."
+    streamed = summed(list(model.stream("what is 2 + 3?")))
+    assert [(c["name"], c["args"]) for c in streamed.tool_calls] == [("add", {"a": 2, "b": 3})]
+    assert streamed.content == "Let me add them."
+    other = ANSWER + "\n" + call_text("add", {"a": 4, "b": 5})
+    message = model_writing(other).bind_tools([add]).invoke("2 + 3 and 4 + 5?")
+    assert [c["args"] for c in message.tool_calls] == [{"a": 2, "b": 3}, {"a": 4, "b": 5}]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -283,19 +283,14 @@ def check_partials(llm: SpecFuseLLM, chunks: list[ChatResponse]) -> None:
     # content only, never a piece of a tag; the deltas add up to the final content
     assert "".join(c.delta for c in chunks) == chunks[-1].message.content == "Let me compute."
     assert all("<" not in (c.message.content or "") for c in chunks)
-    partials: list[ToolCallBlock] = []
+    seen = []
     for chunk in chunks:  # what FunctionAgent does with every partial response
-        for selection in llm.get_tool_calls_from_response(chunk, error_on_no_tool_call=False):
-            assert selection.tool_name == "multiply"
-            assert set(selection.tool_kwargs) <= {"a", "b"}
-        partials += [b for b in chunk.message.blocks if isinstance(b, ToolCallBlock) and isinstance(b.tool_kwargs, str)]
-    assert llm.get_tool_calls_from_response(chunks[0], error_on_no_tool_call=False) == []
-    assert partials and any(p.tool_kwargs for p in partials)  # arguments so far, as received
-    for partial in partials:
-        assert '{"a": 1234, "b": 5678}'.startswith(partial.tool_kwargs)  # the call's end is held back
+        seen.append(llm.get_tool_calls_from_response(chunk, error_on_no_tool_call=False))
+    # A call appears only once it is closed, and then whole: a budget-cut call can never look valid.
+    assert seen[0] == [] and seen[-2] == []
     (final,) = llm.get_tool_calls_from_response(chunks[-1])
-    assert final.tool_kwargs == {"a": 1234, "b": 5678}
-    assert {p.tool_call_id for p in partials} == {final.tool_id}  # one id from the first piece to the end
+    assert final.tool_name == "multiply" and final.tool_kwargs == {"a": 1234, "b": 5678}
+    assert all(s == [] or [(c.tool_id, c.tool_kwargs) for c in s] == [(final.tool_id, final.tool_kwargs)] for s in seen)
     assert chunks[-1].additional_kwargs["finish_reason"] == "tool_calls"
     assert chunks[-1].message.content == "Let me compute."
 
@@ -381,3 +376,26 @@ def test_structured_predict_rejects_what_the_grammar_cannot_accept():
     llm = make_llm(lambda m: call_text("Person", {"name": "Ada", "age": "thirty-six"}), max_tokens=40)
     with pytest.raises(ValueError):
         llm.structured_predict(Person, PromptTemplate("Extract the person: {text}"), text="Ada is 36.")
+
+
+def test_budget_cut_call_never_looks_like_a_call_while_streaming():
+    """Every partial response of a stream whose call the budget cuts: no call, by LlamaIndex's own reading."""
+    llm = make_llm(lambda m: STREAMED, segment_tokens=2)
+    chunks = list(llm.stream_chat_with_tools(TOOLS, user_msg="1234 times 5678?", max_tokens=8))
+    assert len(chunks) >= 3 and chunks[-1].additional_kwargs["finish_reason"] == "length"
+    for chunk in chunks:
+        assert llm.get_tool_calls_from_response(chunk, error_on_no_tool_call=False) == []
+        assert not [b for b in chunk.message.blocks if isinstance(b, ToolCallBlock)]
+    with pytest.raises(ValueError, match="finish_reason='length'.*multiply"):
+        llm.get_tool_calls_from_response(chunks[-1])
+
+
+def test_a_repeated_call_is_dropped_and_the_answer_ends():
+    repeated = "\n".join([call_text("multiply", {"a": 2, "b": 3})] * 3 + [call_text("capital_of", {"country": "France"})])
+    llm = make_llm(lambda m: repeated, segment_tokens=4)
+    response = llm.chat_with_tools(TOOLS, user_msg="2 times 3?", allow_parallel_tool_calls=True)
+    calls = llm.get_tool_calls_from_response(response)
+    assert [(c.tool_name, c.tool_kwargs) for c in calls] == [("multiply", {"a": 2, "b": 3})]
+    assert response.additional_kwargs["finish_reason"] == "tool_calls"
+    notes = [n for event in response.raw["trace"] for n in event["notes"]]
+    assert any("repeated the call multiply" in n for n in notes)
