@@ -353,7 +353,7 @@ class _SpecFuseChatModel(BaseChatModel):
     """Unused by local members; accepted so code that always passes a key keeps working."""
     parallel_tool_calls: bool | None = None
     """Default of ``bind_tools(parallel_tool_calls=...)``: ``False`` allows at most one tool call per
-    answer (small members tend to repeat a call); ``None`` leaves it to the ensemble (several allowed)."""
+    answer; ``None`` leaves it to the ensemble (several allowed; a call never repeats an earlier one)."""
 
     # Every other FusionConfig option is a field too, ``None`` keeping the ensemble's own value: they
     # are added from FusionConfig's declarations below (``cache`` as ``kv_cache``).
