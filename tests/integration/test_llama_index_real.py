@@ -17,13 +17,12 @@ from llama_index.core import Document, Settings  # noqa: E402
 from llama_index.core.agent.workflow import AgentOutput, ReActAgent, ToolCallResult  # noqa: E402
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, MessageRole  # noqa: E402
 from llama_index.core.chat_engine import SimpleChatEngine  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 from llama_index.core.instrumentation.events.llm import LLMChatStartEvent  # noqa: E402
 from llama_index.core.node_parser import SentenceSplitter  # noqa: E402
 from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
 from llama_index.retrievers.bm25 import BM25Retriever  # noqa: E402
 
+from llama_index_events import recorder  # noqa: E402, F401 - the fixture
 from specfuse_core import DEFAULT_MEMBERS  # noqa: E402
 from specfuse_integrations.llama_index import SpecFuseLLM, SpecFuseResultEvent, SpecFuseSegmentEvent  # noqa: E402
 
@@ -38,27 +37,6 @@ DOCUMENTS = [
 ]
 
 
-class Recorder(BaseEventHandler):
-    events: list = []
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "Recorder"
-
-    def handle(self, event, **kwargs) -> None:
-        self.events.append(event)
-
-    def of(self, kind):
-        return [e for e in self.events if isinstance(e, kind)]
-
-
-@pytest.fixture
-def recorder():
-    root = get_dispatcher()
-    handler = Recorder(events=[])
-    root.add_event_handler(handler)
-    yield handler
-    root.event_handlers.remove(handler)
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,6 @@ from llama_index.core.base.llms.types import (  # noqa: E402
 )
 from llama_index.core.callbacks import CallbackManager  # noqa: E402
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 from llama_index.core.instrumentation.events.llm import (  # noqa: E402
     LLMChatEndEvent,
     LLMChatStartEvent,
@@ -39,6 +37,7 @@ from llama_index.core.instrumentation.events.llm import (  # noqa: E402
 from llama_index.core.llms import LLM, CustomLLM  # noqa: E402
 
 from scripted import ScriptedMember  # noqa: E402
+from llama_index_events import recorder  # noqa: E402, F401 - the fixture
 from specfuse_core import ConfigError, Ensemble, FusionConfig, InvalidRequestError  # noqa: E402
 from specfuse_integrations.llama_index import (  # noqa: E402
     SpecFuseLLM,
@@ -65,27 +64,6 @@ def llm() -> SpecFuseLLM:
     return SpecFuseLLM(ensemble=scripted_ensemble(segment_tokens=3))
 
 
-class Recorder(BaseEventHandler):
-    events: list = []
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "Recorder"
-
-    def handle(self, event, **kwargs) -> None:
-        self.events.append(event)
-
-    def of(self, kind):
-        return [e for e in self.events if isinstance(e, kind)]
-
-
-@pytest.fixture
-def recorder():
-    root = get_dispatcher()
-    handler = Recorder(events=[])
-    root.add_event_handler(handler)
-    yield handler
-    root.event_handlers.remove(handler)
 
 
 class CallbackRecorder(BaseCallbackHandler):
