@@ -13,8 +13,8 @@ request warms each side up first and is not counted.
 
 Concurrent requests on one member run their forward passes in lockstep on its worker, decode steps
 batched. ``--fairness`` measures instead what one long prompt does to short requests: the time to
-first segment of three short streaming requests sent together, alone and with a request whose prompt
-is about ``--long-tokens`` tokens sent at the same moment, through the server; then the same in-process
+first segment of three short streaming requests sent together, alone and 2 s after a request whose
+prompt is about ``--long-tokens`` tokens, through the server; then the same in-process
 with the prompt prefill in chunks (the default, ``PREFILL_CHUNK``) and in one pass.
 """
 
@@ -180,8 +180,14 @@ def long_prompt(tokens: int, members: list[str] | None) -> str:
 
 
 async def short_ttfs(send: Any, with_long: bool) -> dict[str, Any]:
-    """Three short requests (and the long one) sent together; each short one's time to first segment."""
-    jobs = [send(PROMPTS[i], False) for i in range(3)] + ([send(None, True)] if with_long else [])
+    """Three short requests, each one's time to first segment; with the long one sent 2 s before them
+    (so that its prompt is being read when they arrive)."""
+
+    async def later(text: str) -> dict[str, Any]:
+        await asyncio.sleep(2.0 if with_long else 0.0)
+        return await send(text, False)
+
+    jobs = [later(PROMPTS[i]) for i in range(3)] + ([send(None, True)] if with_long else [])
     results = await asyncio.gather(*jobs)
     short = [r for r in results[:3]]
     errors = [r["error"] for r in results if "error" in r]

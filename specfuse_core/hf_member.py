@@ -223,7 +223,9 @@ class HFMember:
             native_tools = bool(request.offered_tools) and self.tool_support.tools
             return self.prompt_ids(messages, request), constraint, native_tools
 
-        prompt, constraint, native_tools = await self.run(prepare)
+        # Not on the member's worker: while other requests' jobs keep it busy (a long prompt being read in
+        # chunks), a new request would wait for them all to finish before it could even start.
+        prompt, constraint, native_tools = await asyncio.to_thread(prepare)
         return HFSession(
             self, prompt, use_cache=cache, seed=seed, constraint=constraint, native_tools=native_tools
         )

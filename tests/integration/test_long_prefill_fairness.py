@@ -1,6 +1,6 @@
 """What the scheduler does with one long prompt among short requests (tiny random models).
 
-One request brings a 4,000-token prompt, three others a short one, all at once. A member's worker runs
+One request brings a 4,000-token prompt; three others, with a short one, arrive once it is being read. A member's worker runs
 the requests' forward passes in lockstep, and the long prompt's prefill comes in chunks of
 ``PREFILL_CHUNK`` tokens, one chunk per step: so the short requests' decode steps run between the
 chunks, and each short request gets its first segment while the long prompt is still being read. (One
@@ -50,8 +50,10 @@ def test_short_requests_get_their_first_segment_while_a_long_prompt_is_read(tiny
 
     async def main() -> None:
         short = [[{"role": "user", "content": f"Question {i}: say hello."}] for i in range(3)]
-        await asyncio.gather(first_segment(long_question, "long"),
-                             *(first_segment(q, f"short-{i}") for i, q in enumerate(short)))  # fmt: skip
+        long = asyncio.ensure_future(first_segment(long_question, "long"))
+        while not any(kind == "long-chunk" for kind, _ in log):  # the short ones arrive while it is read
+            await asyncio.sleep(0.001)
+        await asyncio.gather(long, *(first_segment(q, f"short-{i}") for i, q in enumerate(short)))
 
     asyncio.run(main())
     firsts = {label: index for index, (kind, label) in enumerate(log) if kind == "first"}
