@@ -395,6 +395,7 @@ class _OwnDraft:
     accepted: str
     tokens: list[str]
     logprobs: list[float]
+    end_logprob: float | None = None  # of the end-of-turn token, when the draft stopped on it
 
 
 class RemoteSession:
@@ -449,8 +450,14 @@ class RemoteSession:
         ended = finish == "stop"
         self.usage.generated_tokens += count
         self.usage.calls += 1
+        end_logprob: float | None = None
+        if ended and len(tokens) > 1 and len(values) == len(tokens) and "".join(tokens[:-1]) == text:
+            # vLLM lists the end-of-sequence token that stopped the draft; its text leaves it out
+            if tokens[-1] == member.end_text:
+                end_logprob = values[-1]
+            tokens, values = tokens[:-1], values[:-1]
         if tokens and len(values) == len(tokens) and "".join(tokens) == text:
-            self._own = _OwnDraft(self.accepted_text, tokens, values)
+            self._own = _OwnDraft(self.accepted_text, tokens, values, end_logprob)
         return Draft(text=text, ended=ended, hit_budget=not ended and count >= max_new_tokens, tokens=count)
 
     async def score(self, candidates: Sequence[tuple[str, bool]]) -> list[TokenScores]:
@@ -508,8 +515,13 @@ class RemoteSession:
     def _reused(self, text: str, ends: bool) -> TokenScores | None:
         """A candidate that is this member's own draft (or a token-aligned prefix of it) was scored while drafting."""
         own = self._own
-        if own is None or ends or own.accepted != self.accepted_text or not text:
+        if own is None or own.accepted != self.accepted_text or not text:
             return None
+        if ends:  # the whole draft and the end-of-turn token it stopped on
+            if own.end_logprob is None or "".join(own.tokens) != text:
+                return None
+            picked = [*own.logprobs, own.end_logprob]
+            return TokenScores(picked, picked)
         joined = ""
         for k, token in enumerate(own.tokens):
             joined += token

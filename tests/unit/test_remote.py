@@ -189,6 +189,20 @@ async def test_scoring_maps_candidates_from_the_end_and_reuses_the_own_draft():
     assert sent[-1]["prompt"].endswith("assistant\n Paris<|im_end|>")
 
 
+async def test_a_vllm_draft_that_stops_on_the_end_token_reuses_its_own_scores():
+    # vLLM lists the end-of-sequence token that stopped a draft in logprobs.tokens; its text leaves it out
+    draft = completion(text="Paris.", finish="stop", tokens=("Paris", ".", "<|im_end|>"), logprobs=(-0.5, -0.25, -0.125))
+    handler = route([(200, draft)])
+    m = member(handler, dialect="vllm", tokenizer=None)
+    session = await m.open_session(MESSAGES)
+    result = await session.draft(8, GREEDY)
+    assert result.text == "Paris." and result.ended
+    scores = await session.score([("Paris.", True), ("Paris", False)])
+    assert list(scores[0].logprobs) == [-0.5, -0.25, -0.125]  # the draft and the end token it stopped on
+    assert list(scores[1].logprobs) == [-0.5]
+    assert session.requests == 1  # the draft only: nothing left to score
+
+
 async def test_vllm_dialect_scores_all_candidates_in_one_request():
     def echo(request):
         body = json.loads(request.content)
