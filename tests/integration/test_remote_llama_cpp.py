@@ -2,66 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from specfuse_core import Ensemble, FusionConfig, HFMember
 from specfuse_core.presets import PRESETS, fetch_gguf
 from specfuse_core.remote import OpenAICompatibleMember
+from specfuse_eval.engine_servers import llama_cpp_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.llama_cpp]  # tests/conftest.py skips (or fails) without llama_cpp.server
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A llama-cpp-python server process on 127.0.0.1, stopped by its PID."""
-
-    def __init__(self, gguf: Path, log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._log = open(log, "wb")
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2", "--verbose", "False"]
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
-        self.pid = self.process.pid
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama-cpp-python server exited with {self.process.returncode}; see {log}")
-            try:
-                if httpx.get(self.url + "/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"llama-cpp-python server not ready after 120 s; see {log}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +24,14 @@ def gguf() -> Path:
 
 @pytest.fixture(scope="module")
 def server(gguf, tmp_path_factory):
-    srv = Server(gguf, tmp_path_factory.mktemp("llama") / "server-a.log")
+    srv = llama_cpp_server(gguf, tmp_path_factory.mktemp("llama") / "server-a.log")
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
 def second_server(gguf, tmp_path_factory):
-    srv = Server(gguf, tmp_path_factory.mktemp("llama") / "server-b.log")
+    srv = llama_cpp_server(gguf, tmp_path_factory.mktemp("llama") / "server-b.log")
     yield srv
     srv.stop()
 
@@ -145,7 +98,7 @@ def test_killing_a_server_mid_request_leaves_the_other_member(server, second_ser
     events += list(stream)
     killer.join()
     result = stream.result
-    assert second_server.process.poll() is not None
+    assert not second_server.running
     exits = [x for x in result.exits if x.member == "victim"]
     assert len(exits) == 1, result.exits
     assert exits[0].reason.startswith("Remote") and "victim" in exits[0].reason, exits[0].reason
