@@ -116,18 +116,13 @@ class TestSpecFuseChatModelUnit(_SpecFuseCapabilities, ChatModelUnitTests):
     # suite skips test_serdes.
 
 
-# Held back, still: the structured-output and JSON-mode tests keep the settings they had
-# (max_tokens 96, segment_tokens 8, parallel_tool_calls False). They have not been shown to pass on the
-# standard parameters alone; on the integration class's own (empty) parameters, i.e. sampled drafts,
-# test_structured_output[pydantic] stopped after "setup" and test_json_mode repeated "I am a cat, "
-# (2026-12-06). Every tool-calling test runs on the standard parameters alone.
-_JSON_ANSWER_TESTS = {
-    "test_structured_output",
-    "test_structured_output_async",
-    "test_structured_output_pydantic_2_v1",
-    "test_structured_output_optional_param",
-    "test_json_mode",
-}
+# Held back, still: test_json_mode keeps the settings it had (max_tokens 96, segment_tokens 8,
+# parallel_tool_calls False). On the standard parameters alone (2026-12-06) the default ensemble's
+# greedy answer loops inside the "setup" string ("It's like a superhero, but it's not as strong as a
+# superhero. It's like ...") until max_tokens=100 cuts it, and the JSON has no "punchline". JSON mode
+# passes no schema, so the grammar cannot require the key. The structured-output tests (schema given)
+# pass on the standard parameters alone (9 passed), as every tool-calling test does.
+_JSON_ANSWER_TESTS = {"test_json_mode"}
 
 
 @pytest.mark.slow
