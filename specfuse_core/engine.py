@@ -50,6 +50,9 @@ from .trace import (
     Timings,
 )
 
+REPEATED_CALL_NOTE = "the answer repeated the call"
+"""How a round's note starts when the answer repeated a finished call (name and arguments) and the repeat was dropped."""
+
 T = TypeVar("T")
 
 DEFAULT_MEMBERS: tuple[str, ...] = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
@@ -633,8 +636,8 @@ class _Request:
         if repeat is not None:
             call = self.parser.calls[repeat]
             self._round_notes.append(
-                f"the answer repeated the call {call.name}({call.arguments_json()}): the repeat is dropped and "
-                "the answer ends before it"
+                f"{REPEATED_CALL_NOTE} {call.name}({call.arguments_json()}): the repeat is dropped and the answer "
+                "ends before it"
             )
             self.text = self.text[: _call_start(self.text, self.parser.ids.index(call.id))].rstrip()
             self._parsed = parse_tool_calls(self.text, self.parser.ids)

@@ -248,6 +248,9 @@ def tool_record(result: Any, seconds: float, constrained: bool) -> dict[str, Any
     record["invalid_tool_calls"] = [{"name": c.name, "arguments": c.arguments, "error": c.error}
                                     for c in result.invalid_tool_calls]  # fmt: skip
     record["summary"] = result.summary()
+    from specfuse_core.engine import REPEATED_CALL_NOTE
+
+    record["dropped_repeats"] = sum(1 for e in result.trace for n in e.notes if n.startswith(REPEATED_CALL_NOTE))
     return record
 
 
@@ -375,6 +378,8 @@ def score_answer(row: Mapping[str, Any], record: Mapping[str, Any], check: Any) 
                         row["category"])  # fmt: skip
         correct = bool(verdict["valid"])
         error_type = None if correct else verdict.get("error_type")
+    expected = len(row["ground_truth"]) if isinstance(row.get("ground_truth"), list) else 0
+    signatures = [(c["name"], json.dumps(c["arguments"], sort_keys=True)) for c in calls]
     return {
         "key": row["key"],
         "category": row["category"],
@@ -384,6 +389,10 @@ def score_answer(row: Mapping[str, Any], record: Mapping[str, Any], check: Any) 
         "valid": parsed and schema_valid(calls, row["tools"]),
         "bare_json": not called and bare_json_call(content),
         "calls": len(calls),
+        "extra_calls": max(0, len(calls) - expected),
+        # repeats left in the answer, and repeats the engine dropped (with a note in the trace)
+        "repeated_calls": len(signatures) - len(set(signatures)) + int(record.get("dropped_repeats", 0)),
+        "cut_call": bool(invalid) and record.get("finish_reason") == "length",
         "error_type": error_type,
     }
 
@@ -427,6 +436,9 @@ def summarize(
         "grammar_ms_per_round": round(1000 * grammar_s / rounds, 2) if rounds else None,
         "s_per_answer": frac(sum(r["seconds"] for r in records), n),
         "length_finishes": sum(1 for r in records if r.get("finish_reason") == "length"),
+        "answers_with_extra_calls": sum(1 for s in scores if s.get("extra_calls", 0) > 0),
+        "repeated_calls": sum(s.get("repeated_calls", 0) for s in scores),
+        "cut_calls": sum(1 for s in scores if s.get("cut_call")),
         "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])),
     }
 
@@ -485,11 +497,15 @@ def markdown_report(rows: Sequence[dict[str, Any]], tests: Sequence[dict[str, An
         "AST = BFCL's AST checker (irrelevance: no call made), in %, with a 95% Wilson interval. "
         "Called = answers with at least one call (parsed or not). Parsed / schema-valid: share of those "
         "whose every call parsed / also validated against its tool's schema. Bare JSON = answers with no "
-        "tagged call whose text is a call object (not scored as a call). Grammar = grammar time / round time.",
+        "tagged call whose text is a call object (not scored as a call). Grammar = grammar time / round time. "
+        "Extra = answers with more tool calls than the task needs; repeated = calls with the same name and "
+        "arguments as an earlier one in the answer (dropped by the engine or not); cut = answers whose call "
+        "`max_tokens` cut. Calls/answer and calls/round count member calls (drafts and scoring).",
         "",
         "| configuration | category | N | AST | 95% CI | called | parsed | schema-valid | bare JSON | "
-        "rounds/answer | calls/answer | calls/round | grammar % of round (ms/round) | s/answer | length cut |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "rounds/answer | calls/answer | calls/round | grammar % of round (ms/round) | s/answer | length cut | "
+        "extra | repeated | cut |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         low, high = r["accuracy_ci"]
@@ -498,7 +514,8 @@ def markdown_report(rows: Sequence[dict[str, Any]], tests: Sequence[dict[str, An
             f"| {r['config']} | {r['category']} | {r['n']} | {_pct(r['accuracy'])} | {_pct(low)}–{_pct(high)} | "
             f"{_pct(r['called'])} | {_pct(r['parsed'])} | {_pct(r['schema_valid'])} | {r['bare_json']} | "
             f"{r['rounds_per_answer'] or 0:.1f} | {r['calls_per_answer'] or 0:.1f} | {r['calls_per_round'] or 0:.2f} | "
-            f"{grammar} | {r['s_per_answer'] or 0:.1f} | {r['length_finishes']} |"
+            f"{grammar} | {r['s_per_answer'] or 0:.1f} | {r['length_finishes']} | {r['answers_with_extra_calls']} | "
+            f"{r['repeated_calls']} | {r['cut_calls']} |"
         )
     lines += ["", "## Paired comparisons (McNemar's exact test, two-sided)", "",
               "Wins / losses: entries only the first / only the second configuration gets right. "

@@ -198,6 +198,30 @@ def test_score_uses_the_engine_calls_of_constrained_answers() -> None:
     assert len(seen) == 1  # no call: the checker is not asked
 
 
+def test_extra_repeated_and_cut_calls_are_counted() -> None:
+    row = _row("simple_python", [AREA], AREA_TRUTH)  # the task needs one call
+
+    def check(*args: object) -> dict:
+        return {"valid": False}
+
+    call = {"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}
+    other = {"name": "calculate_triangle_area", "arguments": {"height": 5, "base": 12}}
+    record = {"constrained": True, "response": "", "content": "", "tool_calls": [call, other, dict(call)],
+              "invalid_tool_calls": [], "finish_reason": "tool_calls"}  # fmt: skip
+    score = bench.score_answer(row, record, check)
+    assert score["extra_calls"] == 2 and score["repeated_calls"] == 1 and not score["cut_call"]
+    dropped = bench.score_answer(row, {**record, "tool_calls": [call], "dropped_repeats": 1}, check)
+    assert dropped["extra_calls"] == 0 and dropped["repeated_calls"] == 1  # the engine dropped the repeat
+    cut = {**record, "tool_calls": [call], "invalid_tool_calls": [{"name": "calculate_triangle_area",
+           "arguments": '{"base": 1', "error": "cut"}], "finish_reason": "length"}  # fmt: skip
+    assert bench.score_answer(row, cut, check)["cut_call"]
+    irrelevance = bench.score_answer(_row("irrelevance", [AREA], None), {**record, "tool_calls": [call]}, check)
+    assert irrelevance["extra_calls"] == 1  # no call was needed
+    summary = bench.summarize("x", "simple_python", [{**record, "rounds": 1, "calls": 1, "seconds": 1.0, "trace": []}] * 2,
+                              [score, bench.score_answer(row, cut, check)])  # fmt: skip
+    assert (summary["answers_with_extra_calls"], summary["repeated_calls"], summary["cut_calls"]) == (1, 1, 1)
+
+
 def test_summarize_shares_and_grammar_time() -> None:
     records = [
         {"key": "a", "rounds": 2, "calls": 6, "seconds": 3.0, "finish_reason": "tool_calls",
