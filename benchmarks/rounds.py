@@ -21,6 +21,28 @@ Every measurement runs in its own subprocess, so each peak-memory figure is clea
 7. Throughput with 1, 4 and 8 concurrent greedy requests (distinct prompts), whether every output
    equals the same request run alone, and peak RSS per level.
 8. The bound for parallel members: L/(L+1) times the slowest member's solo speed on its share of the cores.
+
+``--part step`` measures each member's forward pass against the hardware (issue #26), each in its own subprocess,
+with torch's default thread count and again with one thread:
+
+9. Memory bandwidth: best of five copies of a 512 MB tensor (read + write bytes per second). A member's
+   bandwidth bound is its weights' bytes (a decode step reads each once) over that bandwidth.
+10. Per member, float32 and bfloat16: one decode step (a 70-token prompt prefilled into the KV cache,
+    then one token, ``torch.inference_mode``, median of ``--step-reps``) at batch 1, 4 and 8; the ratio
+    step / bound; a ``torch.profiler`` breakdown of the batch-1 step (top operators by self CPU time,
+    time inside operators vs outside them) and the output layer alone.
+11. fp32 vs bf16 on the same weights over the 70 prompt positions: greedy argmax agreement and the
+    largest difference of float32 log-probabilities (next prompt token, greedy token, whole vocabulary).
+
+``--part anchor``: what a CPU user would run instead, each in its own subprocess:
+
+12. Each member alone in llama.cpp (``llama_cpp.Llama`` on its preset's GGUF, 2 threads, n_ctx 2048,
+    greedy, "Write a short essay about bread." through the GGUF's chat template, 64 new tokens;
+    tokens/s excluding load) beside the same member alone in specfuse (``Ensemble([HFMember(name)])``,
+    temperature 0, torch's default threads: tokens/s from wall time and from the member-call time in
+    the trace) and the default ensemble; the ratios specfuse-alone / llama.cpp. Both alone runs again
+    on one thread (``n_threads=1``, ``torch.set_num_threads(1)``): on a shared machine a two-thread
+    run waits for a busy core.
 """
 
 from __future__ import annotations
@@ -188,6 +210,193 @@ def child_batch_step(args: argparse.Namespace) -> dict[str, Any]:
     return {"member": member.name, "step_ms": step_ms, "gain": {b: b * step_ms[1] / ms for b, ms in step_ms.items()}}
 
 
+STEP_TEXT = (
+    "Bread is one of the oldest prepared foods. Flour, water, salt and yeast are mixed into a dough, "
+    "left to rise, shaped and baked. The crust browns through the Maillard reaction while the crumb sets "
+    "as starch gelatinises and proteins coagulate. Sourdough relies on wild yeasts and lactic acid "
+    "bacteria instead of baker's yeast, which gives it a tangy flavour and a longer shelf life."
+)
+STEP_PROMPT_TOKENS = 70
+ANCHOR_PROMPT = "Write a short essay about bread."
+
+
+def _step_ids(tokenizer: Any) -> list[int]:
+    ids = tokenizer(STEP_TEXT, add_special_tokens=False)["input_ids"]
+    while len(ids) < STEP_PROMPT_TOKENS:
+        ids = ids + ids
+    return ids[:STEP_PROMPT_TOKENS]
+
+
+def _weight_bytes(model: Any) -> int:
+    """Bytes a decode step reads at least: every parameter once (tied tensors once), less an input
+    embedding table that is not also the output layer (a step reads one row of it)."""
+    unique = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() * p.element_size() for p in unique.values())
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if embed.data_ptr() != head.data_ptr():
+        total -= embed.numel() * embed.element_size()
+    return total
+
+
+def child_step(args: argparse.Namespace) -> dict[str, Any]:
+    """One decode step (70-token KV cache) at batch 1, 4 and 8 in ``args.step_dtype``, torch's default
+    threads; a profile of the batch-1 step; the output layer alone."""
+    import torch
+
+    from specfuse_core import HFMember
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    member = HFMember(args.spec, dtype=args.step_dtype)
+    model, ids = member.model, _step_ids(member.tokenizer)
+    reps = args.step_reps
+    step_ms: dict[int, float] = {}
+    with torch.inference_mode():
+        for batch in (1, 4, 8):
+            out = model(torch.tensor([ids] * batch), use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            times = []
+            for _ in range(reps + 1):  # the first is a warm-up
+                start = time.perf_counter()
+                model(token, past_key_values=cache, use_cache=True)
+                times.append(time.perf_counter() - start)
+                cache.crop(-1)  # back to the 70-token prompt
+            step_ms[batch] = statistics.median(times[1:]) * 1000
+            if batch == 1:
+                one_cache, one_token = cache, token
+        # Where a batch-1 step's time goes: operators by self CPU time (the profiler adds its own cost).
+        steps = 5
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for _ in range(steps):
+                model(one_token, past_key_values=one_cache, use_cache=True)
+                one_cache.crop(-1)  # back to the 70-token prompt
+            profiled_ms = (time.perf_counter() - start) / steps * 1000
+        events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+        # crop() is not part of a step; its operators are few and are left in (they show by name).
+        ops_ms = sum(e.self_cpu_time_total for e in events) / steps / 1000
+        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+        matmul_ms = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / steps / 1000
+        # The output layer alone (one row), the largest single matrix in both members.
+        hidden = torch.randn(1, 1, model.config.hidden_size, dtype=model.dtype)
+        head = model.get_output_embeddings()
+        head(hidden)
+        head_times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            head(hidden)
+            head_times.append(time.perf_counter() - start)
+    return {"member": member.name, "dtype": args.step_dtype, "threads": torch.get_num_threads(),
+            "weight_bytes": _weight_bytes(model), "step_ms": step_ms, "reps": reps,
+            "profile": {"steps": steps, "wall_ms_per_step": profiled_ms, "ops_self_ms_per_step": ops_ms,
+                        "outside_ops_ms_per_step": profiled_ms - ops_ms, "matmul_self_ms_per_step": matmul_ms,
+                        "op_calls_per_step": sum(e.count for e in events) / steps,
+                        "top": [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / steps / 1000,
+                                 "calls_per_step": e.count / steps} for e in top]},
+            "output_layer_ms": statistics.median(head_times) * 1000}  # fmt: skip
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "mkldnn::_linear_pointwise", "aten::mkldnn_linear")  # fmt: skip
+
+
+def child_agree(args: argparse.Namespace) -> dict[str, Any]:
+    """Greedy argmax and log-probabilities (float32 log-softmax) over the 70 prompt positions, fp32 vs
+    the same weights cast to bf16."""
+    import torch
+
+    from specfuse_core import HFMember
+
+    member = HFMember(args.spec, dtype="float32")
+    ids = _step_ids(member.tokenizer)
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        full = torch.log_softmax(member.model(x).logits[0].float(), -1)
+        member.model.to(torch.bfloat16)
+        half = torch.log_softmax(member.model(x).logits[0].float(), -1)
+    greedy, greedy_half = full.argmax(-1), half.argmax(-1)
+    nxt = torch.tensor(ids[1:])
+    diff = (full - half).abs()
+    return {"member": member.name, "positions": len(ids),
+            "argmax_agree": int((greedy == greedy_half).sum()),
+            "max_abs_logprob_diff_vocab": float(diff.max()),
+            "max_abs_logprob_diff_greedy_token": float(diff.gather(1, greedy[:, None]).max()),
+            "max_abs_logprob_diff_next_prompt_token": float(diff[:-1].gather(1, nxt[:, None]).max()),
+            "median_abs_logprob_diff_next_prompt_token": float(diff[:-1].gather(1, nxt[:, None]).median())}  # fmt: skip
+
+
+def child_bandwidth(args: argparse.Namespace) -> dict[str, Any]:
+    """Memory bandwidth: best of a few copies of a 512 MB tensor (read + write bytes) and sums of it
+    (read bytes), torch's default threads."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = 512 * 2**20
+    src = torch.ones(size // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    copies, sums = [], []
+    for _ in range(6):
+        start = time.perf_counter()
+        dst.copy_(src)
+        copies.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        src.sum()
+        sums.append(time.perf_counter() - start)
+    return {"bytes": size, "threads": torch.get_num_threads(), "copy_gb_per_s": 2 * size / min(copies[1:]) / 1e9,
+            "read_gb_per_s": size / min(sums[1:]) / 1e9}  # fmt: skip
+
+
+def child_llama(args: argparse.Namespace) -> dict[str, Any]:
+    """The member alone in llama.cpp (llama-cpp-python) on its preset's GGUF: 2 threads (or ``--threads``), greedy."""
+    import llama_cpp
+
+    from specfuse_core.presets import PRESETS, fetch_gguf
+
+    path = fetch_gguf(PRESETS[args.spec])
+    threads = args.threads or 2
+    llm = llama_cpp.Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=2048, verbose=False)
+    messages = [{"role": "user", "content": ANCHOR_PROMPT}]
+    llm.create_chat_completion(messages, max_tokens=4, temperature=0.0)  # warm-up
+    llm.reset()  # no prompt prefix reused from the warm-up
+    llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+    start = time.perf_counter()
+    out = llm.create_chat_completion(messages, max_tokens=args.anchor_tokens, temperature=0.0)
+    seconds = time.perf_counter() - start
+    perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
+    tokens = out["usage"]["completion_tokens"]
+    return {"member": args.spec, "threads": threads, "gguf": path.name, "gguf_bytes": path.stat().st_size, "tokens": tokens,
+            "prompt_tokens": out["usage"]["prompt_tokens"], "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "eval_tokens_per_s": perf.n_eval / (perf.t_eval_ms / 1000) if perf.t_eval_ms else None,
+            "prompt_eval_ms": perf.t_p_eval_ms, "text": out["choices"][0]["message"]["content"]}  # fmt: skip
+
+
+def child_anchor_specfuse(args: argparse.Namespace) -> dict[str, Any]:
+    """The same request through specfuse: one member alone (``--spec``) or the ensemble of ``--member``s."""
+    import torch
+
+    from specfuse_core import DEFAULT_MEMBERS, Ensemble, HFMember
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = [args.spec] if args.spec else list(args.member or DEFAULT_MEMBERS)
+    ensemble = Ensemble([HFMember(spec, **_member_options(args)) for spec in specs])
+    messages = [{"role": "user", "content": ANCHOR_PROMPT}]
+    ensemble.generate(messages, temperature=0, max_tokens=4)  # warm-up
+    start = time.perf_counter()
+    result = ensemble.generate(messages, temperature=0, max_tokens=args.anchor_tokens)
+    seconds = time.perf_counter() - start
+    call_s: dict[str, float] = {}
+    for event in result.trace:
+        for call in event.calls:
+            call_s[call.member] = call_s.get(call.member, 0.0) + call.seconds
+    tokens = result.output_tokens
+    return {"members": [m.name for m in ensemble.members], "placements": [vars(p) for p in ensemble.placements],
+            "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "member_call_s": call_s,
+            "member_call_tokens_per_s": tokens / sum(call_s.values()) if len(specs) == 1 and call_s else None,
+            "rounds": result.rounds, "finish_reason": result.finish_reason, "text": result.text}  # fmt: skip
+
+
 def _first_difference(alone: list[dict[str, Any]], together: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The first round where a request's answer differs when run with others, with both rounds' totals."""
     for a, b in zip(alone, together):
@@ -228,7 +437,8 @@ def _spawn(extra: list[str], args: argparse.Namespace) -> dict[str, Any]:
 def _run_child(extra: list[str], args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.rounds", *extra, "--segment-tokens", str(args.segment_tokens),
                "--max-tokens", str(args.max_tokens), "--solo-tokens", str(args.solo_tokens),
-               "--concurrent-tokens", str(args.concurrent_tokens)]  # fmt: skip
+               "--concurrent-tokens", str(args.concurrent_tokens), "--step-reps", str(args.step_reps),
+               "--anchor-tokens", str(args.anchor_tokens)]  # fmt: skip
     for spec in args.member or []:
         command += ["--member", spec]
     if args.device:
@@ -236,7 +446,7 @@ def _run_child(extra: list[str], args: argparse.Namespace) -> dict[str, Any]:
     if args.dtype:
         command += ["--dtype", args.dtype]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"benchmark child {extra} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -257,11 +467,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device")
     parser.add_argument("--dtype")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--part", choices=("cache", "schedule"), default="cache",
-                        help="cache: round cost and the KV cache (default); schedule: the scheduler")  # fmt: skip
+    parser.add_argument("--part", choices=("cache", "schedule", "step", "anchor"), default="cache",
+                        help="cache: round cost and the KV cache (default); schedule: the scheduler; "
+                             "step: decode step vs the bandwidth bound; anchor: llama.cpp vs specfuse")  # fmt: skip
     parser.add_argument("--resume", metavar="DIR", help="save each measurement in DIR and reuse the ones already there")
     parser.add_argument("--concurrent-tokens", type=int, default=48, help="--part schedule: tokens per concurrent answer")
-    parser.add_argument("--child", choices=("solo", "ensemble", "schedule", "concurrent", "batch-step"), help=argparse.SUPPRESS)
+    parser.add_argument("--step-reps", type=int, default=7, help="--part step: timed repetitions per decode step")
+    parser.add_argument("--anchor-tokens", type=int, default=64, help="--part anchor: new tokens per answer")
+    parser.add_argument("--child", choices=("solo", "ensemble", "schedule", "concurrent", "batch-step", "step", "agree",
+                                            "bandwidth", "llama", "anchor-specfuse"), help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument("--step-dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--schedule", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--label", help=argparse.SUPPRESS)  # tells apart saved runs with equal arguments
@@ -275,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers.utils.logging.disable_progress_bar()
         children = {"solo": child_solo, "ensemble": child_ensemble, "schedule": child_schedule,
-                    "concurrent": child_concurrent, "batch-step": child_batch_step}  # fmt: skip
+                    "concurrent": child_concurrent, "batch-step": child_batch_step, "step": child_step,
+                    "agree": child_agree, "bandwidth": child_bandwidth, "llama": child_llama,
+                    "anchor-specfuse": child_anchor_specfuse}  # fmt: skip
         print(json.dumps(children[args.child](args)))
         return 0
 
@@ -284,6 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     specs = args.member or list(DEFAULT_MEMBERS)
     if args.part == "schedule":
         return schedule_report(args, specs)
+    if args.part == "step":
+        return step_report(args, specs)
+    if args.part == "anchor":
+        return anchor_report(args, specs)
     solos = [_spawn(["--child", "solo", "--spec", spec], args) for spec in specs]
     cached = _spawn(["--child", "ensemble"], args)
     uncached = _spawn(["--child", "ensemble", "--no-cache"], args)
@@ -393,6 +614,90 @@ def schedule_report(args: argparse.Namespace, specs: list[str]) -> int:
         print(json.dumps(report))
     return 0
 
+
+THREAD_SETTINGS = (("default", []), ("1", ["--threads", "1"]))
+"""torch's default thread count, and one thread: on a shared machine a two-thread kernel waits for a core."""
+
+
+def step_report(args: argparse.Namespace, specs: list[str]) -> int:
+    """``--part step``: items 9-11 of the module docstring, with torch's default threads and with one."""
+    bandwidth = {t: _spawn(["--child", "bandwidth", *extra], args) for t, extra in THREAD_SETTINGS}
+    gb_s = max(b["copy_gb_per_s"] for b in bandwidth.values())  # the machine's, whichever thread count reached it
+    members: dict[str, Any] = {}
+    for spec in specs:
+        row: dict[str, Any] = {}
+        for dtype in ("float32", "bfloat16"):
+            for threads, extra in THREAD_SETTINGS:
+                step = _spawn(["--child", "step", "--spec", spec, "--step-dtype", dtype, *extra], args)
+                bound_ms = step["weight_bytes"] / (gb_s * 1e9) * 1000
+                step["bound_ms"] = bound_ms
+                step["step_over_bound"] = {b: ms / bound_ms for b, ms in step["step_ms"].items()}
+                step["batch_gain"] = {b: int(b) * step["step_ms"]["1"] / ms for b, ms in step["step_ms"].items()}
+                row[f"{dtype}/{threads}"] = step
+        row["agreement"] = _spawn(["--child", "agree", "--spec", spec], args)
+        members[spec] = row
+    report = {"members": specs, "bandwidth": bandwidth, "bandwidth_gb_per_s": gb_s, "per_member": members}
+    for threads, b in bandwidth.items():
+        print(f"memory bandwidth, threads {threads} ({b['threads']}): copy {b['copy_gb_per_s']:.1f} GB/s "
+              f"(read+write bytes), sum {b['read_gb_per_s']:.1f} GB/s (read)")  # fmt: skip
+    for spec, row in members.items():
+        for key, s in row.items():
+            if key == "agreement":
+                continue
+            steps = " / ".join(f"{s['step_ms'][b]:.1f}" for b in ("1", "4", "8"))
+            gains = " / ".join(f"{s['batch_gain'][b]:.2f}x" for b in ("4", "8"))
+            print(f"{spec} {key} ({s['threads']} threads): step b1/b4/b8 {steps} ms, weights "
+                  f"{s['weight_bytes'] / 1e6:.0f} MB, bound {s['bound_ms']:.1f} ms, b1/bound "
+                  f"{s['step_over_bound']['1']:.2f}, gain b4/b8 {gains}, output layer {s['output_layer_ms']:.2f} ms")  # fmt: skip
+            p = s["profile"]
+            print(f"  profile b1: {p['wall_ms_per_step']:.1f} ms/step, in ops {p['ops_self_ms_per_step']:.1f} ms "
+                  f"(matmul {p['matmul_self_ms_per_step']:.1f}), outside ops {p['outside_ops_ms_per_step']:.1f} ms, "
+                  f"{p['op_calls_per_step']:.0f} op calls")  # fmt: skip
+            for op in p["top"][:8]:
+                print(f"    {op['op']:<55} {op['self_ms_per_step']:7.2f} ms  x{op['calls_per_step']:.0f}")
+        a = row["agreement"]
+        print(f"  fp32 vs bf16: argmax agrees {a['argmax_agree']}/{a['positions']}, max |dlogp| next prompt token "
+              f"{a['max_abs_logprob_diff_next_prompt_token']:.3f}, greedy token {a['max_abs_logprob_diff_greedy_token']:.3f}, "
+              f"whole vocabulary {a['max_abs_logprob_diff_vocab']:.3f}")  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def anchor_report(args: argparse.Namespace, specs: list[str]) -> int:
+    """``--part anchor``: item 12 of the module docstring (llama.cpp also on one thread, for reference)."""
+    rows: dict[str, Any] = {}
+    for spec in specs:
+        llama = _spawn(["--child", "llama", "--spec", spec], args)
+        llama_1 = _spawn(["--child", "llama", "--spec", spec, "--threads", "1"], args)
+        alone = _spawn(["--child", "anchor-specfuse", "--spec", spec], args)
+        alone_1 = _spawn(["--child", "anchor-specfuse", "--spec", spec, "--threads", "1"], args)
+        rows[spec] = {"llama_cpp": llama, "llama_cpp_1_thread": llama_1, "specfuse": alone, "specfuse_1_thread": alone_1,
+                      "wall_ratio": alone["tokens_per_s"] / llama["tokens_per_s"],
+                      "member_call_ratio": alone["member_call_tokens_per_s"] / llama["tokens_per_s"],
+                      "wall_ratio_1_thread": alone_1["tokens_per_s"] / llama_1["tokens_per_s"],
+                      "member_call_ratio_1_thread": alone_1["member_call_tokens_per_s"] / llama_1["tokens_per_s"],
+                      "same_text": alone["text"] == llama["text"]}  # fmt: skip
+    ensemble = _spawn(["--child", "anchor-specfuse", "--label", "ensemble"], args)
+    report = {"members": specs, "per_member": rows, "ensemble": ensemble}
+    for spec, row in rows.items():
+        llama, alone = row["llama_cpp"], row["specfuse"]
+        print(f"{spec}: llama.cpp {llama['tokens_per_s']:.1f} tok/s ({llama['tokens']} tokens, eval only "
+              f"{llama['eval_tokens_per_s']:.1f}; 1 thread {row['llama_cpp_1_thread']['tokens_per_s']:.1f}); "
+              f"specfuse alone {alone['tokens_per_s']:.1f} tok/s wall, {alone['member_call_tokens_per_s']:.1f} tok/s "
+              f"member calls ({alone['tokens']} tokens); ratio {row['wall_ratio']:.2f} wall, "
+              f"{row['member_call_ratio']:.2f} member calls")  # fmt: skip
+        one = row["specfuse_1_thread"]
+        print(f"  1 thread: llama.cpp {row['llama_cpp_1_thread']['tokens_per_s']:.1f} tok/s, specfuse alone "
+              f"{one['tokens_per_s']:.1f} tok/s wall, {one['member_call_tokens_per_s']:.1f} member calls; ratio "
+              f"{row['wall_ratio_1_thread']:.2f} wall, {row['member_call_ratio_1_thread']:.2f} member calls; "
+              f"same text as llama.cpp: {row['same_text']}")  # fmt: skip
+    calls = ", ".join(f"{m} {s:.1f} s" for m, s in ensemble["member_call_s"].items())
+    print(f"default ensemble: {ensemble['tokens_per_s']:.1f} tok/s ({ensemble['tokens']} tokens in {ensemble['seconds']:.1f} s;"
+          f" member calls {calls})")  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+    return 0
 
 if __name__ == "__main__":
     raise SystemExit(main())
