@@ -119,8 +119,9 @@ class TestSpecFuseChatModelUnit(_SpecFuseCapabilities, ChatModelUnitTests):
 # Held back, still: test_json_mode keeps the settings it had (max_tokens 96, segment_tokens 8,
 # parallel_tool_calls False). On the standard parameters alone (2026-12-06) the default ensemble's
 # greedy answer loops inside the "setup" string ("It's like a superhero, but it's not as strong as a
-# superhero. It's like ...") until max_tokens=100 cuts it, and the JSON has no "punchline". JSON mode
-# passes no schema, so the grammar cannot require the key. The structured-output tests (schema given)
+# superhero. It's like ...") until max_tokens=100 cuts it, and the JSON has no "punchline". Qwen alone
+# writes the same loop (SmolLM2 alone answers {"setup": {}, "punchline": {}}): it is a member's manners,
+# not the fusion's. JSON mode passes no schema, so the grammar cannot require the key. The structured-output tests (schema given)
 # pass on the standard parameters alone (9 passed), as every tool-calling test does.
 _JSON_ANSWER_TESTS = {"test_json_mode"}
 
