@@ -1,0 +1,606 @@
+"""Agent benchmark: generated two-step shop tasks (a price lookup, then a multiplication) run through the
+real LangChain ``create_agent`` and the real LlamaIndex ``FunctionAgent``, scored offline.
+
+Run it as ``python -m specfuse_eval.agents`` (``python -m benchmarks.agents`` in a source checkout):
+
+    nice -n 10 python -m benchmarks.agents --tasks 40 --json      # every variant, all 40 tasks
+    python -m benchmarks.agents --report-only                      # the table from the results file
+
+Tasks (:func:`generate_tasks`, seeded): each task has its own made-up price catalogue (3 to 6 invented
+item names, prices 2 to 999 cents: no model can know them), a quantity (2 to 60) and a question in one
+of several phrasings. About a fifth of the tasks ask for an item that is *not* in the catalogue; the
+lookup tool then answers ``unknown item: <name> is not in the price list``.
+
+Tools: ``price_of(item)`` looks the item up in the task's catalogue (case-insensitive, a plural ``s``
+tolerated) and ``multiply(a, b)`` multiplies exactly.
+
+Success (:func:`score`), from the final answer only (the agent's last message: the closing AI message,
+or the calculator's result when it returns directly):
+
+- known item: the answer contains the correct total ``quantity × price`` as a number (``1234``,
+  ``1,234`` and ``12.34`` for cents written as dollars all count);
+- unknown item: the answer says so (one of ``unknown``, ``not found``, ``not in``, ``no price``,
+  ``not available``, ``don't have``, ``doesn't exist``, ``couldn't find``, ``cannot find``, ...) and
+  contains no number other than the quantity asked for (no invented price or total), and ``price_of``
+  was called with the item's name (singular or plural): saying "unknown" after looking up ``"31"``
+  is not a success.
+
+Each run also records the tool calls made, and failures get one mode (:func:`failure_mode`, the
+first that applies): ``no_tool_call``, ``skipped_lookup``, ``wrong_lookup`` (the item asked for was
+never looked up under its name, e.g. ``"59 kiloonts"``), ``invented_price`` (unknown item, but a number
+was given or multiply was called), ``wrong_arithmetic`` (multiply called, but never with the quantity
+and the looked-up price: ``multiply(39, 1)``, an invented round price), ``no_final_answer`` (the loop
+hit its recursion or iteration limit), ``skipped_multiply`` (looked up, never multiplied, no total),
+``missing_total`` (both tools called right, but the answer lacks the total), ``empty_answer`` (looked
+up, then ended the turn with no text and no call), ``unknown_not_said`` and ``error``. The report re-scores the recorded calls and answers with the current scorer.
+
+Variants (:data:`VARIANTS`): ``lc-plain`` (``create_agent``, both tools, a plain prompt),
+``lc-readme`` (README.md's example: a three-step prompt, the calculator ``return_direct``),
+``lc-guarded`` (that, plus an unknown-item rule in the prompt and the first model call forced to
+``price_of`` by a ``wrap_model_call`` middleware that sets ``tool_choice``), ``lc-named`` (that, with
+``multiply(quantity, unit_price)`` instead of ``multiply(a, b)``), ``li-guarded`` / ``li-named``
+(LlamaIndex ``FunctionAgent`` with ``initial_tool_choice="price_of"``, the same prompt and tools), and
+``lc-guarded-*`` / ``lc-named-*`` with one member alone (``SpecFuseChatModel(members=[...])``).
+
+Results are appended to a JSONL file (``--results``, default ``benchmarks/results/agents.jsonl``), one
+line per (variant, task id); a re-run skips the pairs already there, so an interrupted run resumes.
+Tasks run a few at a time (``--concurrency``) so that the ensemble's engine batches their requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .paired import mcnemar_exact_p, wilson_interval
+
+DEFAULT_RESULTS = "benchmarks/results/agents.jsonl"
+SEED = 25
+SMOL = "smollm2-135m-instruct"
+QWEN = "qwen2.5-coder-0.5b-instruct"
+
+# -- tasks ------------------------------------------------------------------------------------------
+
+_ONSETS = ["b", "br", "d", "dr", "f", "fl", "g", "gr", "k", "kl", "m", "n", "p", "pl", "qu", "s", "sk", "t",
+           "tr", "v", "z", "zh"]  # fmt: skip
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "oo"]
+_CODAS = ["b", "ck", "d", "g", "l", "m", "n", "p", "r", "t", "x", "z", "nt", "sh"]
+
+QUESTIONS = [
+    "How much do {q} {items} cost? Look up the price of one {item}, then multiply it by {q}.",
+    "What is the total price in cents of {q} {items}?",
+    "I want to buy {q} {items}. How many cents is that in total?",
+    "Please tell me what {q} {items} cost altogether, in cents.",
+    "A customer orders {q} {items}. What does the order cost in cents?",
+    "Find the price of one {item} and tell me the cost of {q} of them.",
+]
+"""Phrasings; ``{items}`` is the plural. The first one spells out the steps (as the README example does)."""
+
+UNKNOWN_RESULT = "unknown item: {item} is not in the price list"
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice(part) for part in (_ONSETS, _VOWELS, _CODAS, _VOWELS, _CODAS))
+
+
+def plural(item: str) -> str:
+    return item + ("es" if item.endswith(("s", "x", "z", "sh", "ch")) else "s")
+
+
+@dataclass(frozen=True)
+class AgentTask:
+    id: str
+    catalogue: dict[str, int]
+    item: str
+    quantity: int
+    question: str
+
+    @property
+    def known(self) -> bool:
+        return self.item in self.catalogue
+
+    @property
+    def price(self) -> int | None:
+        return self.catalogue.get(self.item)
+
+    @property
+    def total(self) -> int | None:
+        return None if self.price is None else self.price * self.quantity
+
+
+def generate_tasks(n: int = 40, seed: int = SEED) -> list[AgentTask]:
+    """``n`` tasks, the same for the same ``seed``; task ``i`` is drawn from its own seeded generator, so
+    the first ``k`` tasks are the same whatever ``n`` is. Every fifth task (``i % 5 == 2``: 20%) asks
+    for an item missing from its catalogue."""
+    tasks = []
+    for i in range(n):
+        rng = random.Random(seed * 100_003 + i)
+        size = rng.randint(4, 7)
+        names: list[str] = []
+        while len(names) < size:
+            word = _word(rng)
+            if word not in names:
+                names.append(word)
+        item = names.pop(rng.randrange(len(names)))
+        catalogue = {name: rng.randint(2, 999) for name in names}
+        if i % 5 != 2:
+            catalogue[item] = rng.randint(2, 999)
+        catalogue = dict(sorted(catalogue.items()))
+        quantity = rng.randint(2, 60)
+        question = rng.choice(QUESTIONS).format(q=quantity, item=item, items=plural(item))
+        tasks.append(AgentTask(f"t{i:03d}", catalogue, item, quantity, question))
+    return tasks
+
+
+def lookup(catalogue: dict[str, int], item: str) -> str:
+    """What ``price_of`` returns: the price in cents, or the unknown-item message."""
+    key = str(item).strip().lower()
+    for candidate in (key, key.removesuffix("es"), key.removesuffix("s")):
+        if candidate in catalogue:
+            return str(catalogue[candidate])
+    return UNKNOWN_RESULT.format(item=str(item).strip())
+
+
+def task_functions(task: AgentTask, named: bool = False) -> tuple[Callable[[str], str], Callable[[int, int], int]]:
+    """The task's two tools as plain functions (docstrings are the tool descriptions); with ``named``
+    the calculator's arguments are ``quantity`` and ``unit_price`` instead of ``a`` and ``b``."""
+
+    def price_of(item: str) -> str:
+        """Look up the price in cents of one item in the shop's price list."""
+        return lookup(task.catalogue, item)
+
+    def multiply(a: int, b: int) -> int:
+        """Multiply two integers exactly and return the product."""
+        return a * b
+
+    def multiply_named(quantity: int, unit_price: int) -> int:
+        """Multiply the quantity by the unit price exactly and return the total."""
+        return quantity * unit_price
+
+    return price_of, (multiply_named if named else multiply)
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+
+_NOT_FOUND = re.compile(
+    r"unknown|not (?:be )?found|not in |isn'?t in |is not listed|not listed|no price|not available|unavailable|"
+    r"(?:do|does|did)(?: not|n'?t) (?:have|exist|know|find|carry|sell|list)|(?:could|can)(?: ?not|n'?t) (?:find|locate)|"
+    r"no (?:such|item|record|information)|not (?:a )?(?:known|valid|recogni[sz]ed)|doesn'?t exist|does not exist",
+    re.IGNORECASE,
+)
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def numbers_in(text: str) -> list[float]:
+    """Every number written in ``text`` (``1,234`` is 1234)."""
+    out = []
+    for match in _NUMBER.findall(text):
+        digits = match.rstrip(".,").replace(",", "")
+        try:
+            out.append(float(digits))
+        except ValueError:
+            continue
+    return out
+
+
+def says_not_found(text: str) -> bool:
+    return bool(_NOT_FOUND.search(text))
+
+
+def answer_correct(task: AgentTask, answer: str) -> bool:
+    """The success rule of the module docstring."""
+    found = numbers_in(answer)
+    if task.known:
+        total = task.total
+        assert total is not None
+        return any(x == total or abs(x * 100 - total) < 1e-6 for x in found)
+    return says_not_found(answer) and all(x == task.quantity for x in found)
+
+
+@dataclass
+class Call:
+    name: str
+    args: dict[str, Any]
+    result: str | None = None
+
+
+def failure_mode(task: AgentTask, calls: Sequence[Call], answer: str | None, error: str | None = None) -> str | None:
+    """``None`` for a success, else the first failure mode that applies (see the module docstring)."""
+    if error and answer is None and "recursion" not in error.lower() and "max iterations" not in error.lower():
+        return "error"
+    lookups = [c for c in calls if c.name == "price_of"]
+    item_keys = {task.item, plural(task.item)}
+    looked_up = any(str(c.args.get("item", "")).strip().lower() in item_keys for c in lookups)
+    if answer is not None and answer_correct(task, answer) and (task.known or looked_up):
+        return None  # "not in the price list" counts only after the item itself was looked up
+    if not calls:
+        return "no_tool_call"
+    if not lookups:
+        return "skipped_lookup"
+    if not looked_up:
+        return "wrong_lookup"
+    if answer is not None and not answer.strip() and not any(c.name.startswith("multiply") for c in calls):
+        return "empty_answer"
+    if not task.known:
+        if answer is not None and numbers_in(answer) and any(x != task.quantity for x in numbers_in(answer)):
+            return "invented_price"
+        if any(c.name.startswith("multiply") for c in calls):
+            return "invented_price"  # multiplied by a price it never got (the answer may be cut off)
+        return "no_final_answer" if answer is None else "unknown_not_said"
+    multiplies = [c for c in calls if c.name.startswith("multiply")]
+    right = sorted([task.quantity, task.price or 0])
+    if multiplies and not any(sorted(_ints(c.args)) == right for c in multiplies):
+        return "wrong_arithmetic"
+    if answer is None:
+        return "no_final_answer"
+    if not multiplies:
+        return "skipped_multiply"
+    return "missing_total"
+
+
+def _ints(args: dict[str, Any]) -> list[int]:
+    out = []
+    for value in args.values():
+        try:
+            out.append(int(float(value)))
+        except (TypeError, ValueError):
+            out.append(-1)
+    return out
+
+
+# -- variants ---------------------------------------------------------------------------------------
+
+PLAIN_SYSTEM = "You are a shop assistant. Use the tools to answer the customer's question."
+README_SYSTEM = (
+    "You are a shop assistant. Answer in three steps: first call price_of to get the price of one item, "
+    "then call multiply with the quantity and that price, then reply with the total price in cents."
+)
+"""The README's prompt (and tests/integration/test_langchain_agents.py's)."""
+GUARDED_SYSTEM = (
+    "You are a shop assistant. First call price_of to get the price of one item. If price_of answers "
+    "that the item is unknown, do not call multiply: reply that the item is not in the price list. "
+    "Otherwise call multiply with the quantity and that price, then reply with the total price in cents."
+)
+"""The README prompt plus what to do when the lookup fails."""
+NAMED_SYSTEM = GUARDED_SYSTEM.replace("with the quantity and that price", "with the quantity and that unit price")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    framework: str  # "langchain" or "llama_index"
+    system: str
+    members: tuple[str, ...] | None = None  # None: the default ensemble
+    return_direct: bool = False  # the calculator ends the loop with its result
+    force_lookup: bool = False  # the first model call must call price_of (tool_choice)
+    named_args: bool = False  # multiply(quantity, unit_price) instead of multiply(a, b)
+    description: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant("lc-plain", "langchain", PLAIN_SYSTEM, description="create_agent, both tools, plain prompt"),
+        Variant("lc-readme", "langchain", README_SYSTEM, return_direct=True,
+                description="create_agent as in README.md: three-step prompt, multiply return_direct"),
+        Variant("lc-guarded", "langchain", GUARDED_SYSTEM, return_direct=True, force_lookup=True,
+                description="README pattern + unknown-item rule in the prompt + first call forced to price_of"),
+        Variant("lc-named", "langchain", NAMED_SYSTEM, return_direct=True, force_lookup=True, named_args=True,
+                description="lc-guarded with multiply(quantity, unit_price) instead of multiply(a, b)"),
+        Variant("li-guarded", "llama_index", GUARDED_SYSTEM, return_direct=True, force_lookup=True,
+                description="FunctionAgent, the same: initial_tool_choice='price_of', multiply return_direct"),
+        Variant("lc-guarded-smollm2", "langchain", GUARDED_SYSTEM, members=(SMOL,), return_direct=True,
+                force_lookup=True, description="lc-guarded with SmolLM2-135M alone"),
+        Variant("lc-guarded-qwen", "langchain", GUARDED_SYSTEM, members=(QWEN,), return_direct=True,
+                force_lookup=True, description="lc-guarded with Qwen2.5-Coder-0.5B alone"),
+            Variant("li-named", "llama_index", NAMED_SYSTEM, return_direct=True, force_lookup=True, named_args=True,
+                description="FunctionAgent, as lc-named: initial_tool_choice='price_of', multiply(quantity, unit_price)"),
+        Variant("lc-named-smollm2", "langchain", NAMED_SYSTEM, members=(SMOL,), return_direct=True,
+                force_lookup=True, named_args=True, description="lc-named with SmolLM2-135M alone"),
+        Variant("lc-named-qwen", "langchain", NAMED_SYSTEM, members=(QWEN,), return_direct=True,
+                force_lookup=True, named_args=True, description="lc-named with Qwen2.5-Coder-0.5B alone"),
+    ]
+}  # fmt: skip
+DEFAULT_VARIANTS = ["lc-named", "lc-named-qwen", "lc-named-smollm2", "lc-readme", "lc-guarded", "li-named",
+                    "lc-guarded-qwen", "lc-guarded-smollm2", "li-guarded", "lc-plain"]  # fmt: skip
+"""Every variant, most important first (each chunk of tasks runs them in this order)."""
+DEFAULT_LIMITS = {"li-named": 32, "lc-guarded-qwen": 24, "lc-guarded-smollm2": 24, "li-guarded": 16, "lc-plain": 8}
+"""The N of benchmarks/README.md: what fitted in about 70 minutes on 2 CPU cores (lc-plain alone takes
+about a minute per task; the variants not named here run all tasks)."""
+RECURSION_LIMIT = 12
+"""LangGraph steps: a model turn and a tool turn are one step each, so up to 6 model turns per task."""
+MAX_ITERATIONS = 6
+"""LlamaIndex FunctionAgent turns, the same budget."""
+MAX_TOKENS = 128
+
+
+@dataclass
+class Outcome:
+    variant: str
+    task: str
+    success: bool
+    mode: str | None
+    answer: str | None
+    calls: list[Call] = field(default_factory=list)
+    turns: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Models are shared across tasks of a variant (loaded once per member spec by the library anyway).
+_MODELS: dict[tuple[str, tuple[str, ...] | None], Any] = {}
+
+
+def _model(framework: str, members: tuple[str, ...] | None) -> Any:
+    key = (framework, members)
+    if key not in _MODELS:
+        members_arg = list(members) if members else None
+        # temperature=0: greedy, so every variant answers each task reproducibly and the paired
+        # comparison is between configurations, not samples. max_tokens=128 instead of 512: a turn here
+        # is one call or one sentence, and on CPU a member that rambles to 512 tokens costs ~100 s a
+        # turn (measured); a cut answer is scored as it stands. Everything else: the library's defaults.
+        options = {"members": members_arg, "temperature": 0, "max_tokens": MAX_TOKENS}
+        if framework == "langchain":
+            from specfuse_integrations.langchain import SpecFuseChatModel
+
+            _MODELS[key] = SpecFuseChatModel(**options)
+        else:
+            from specfuse_integrations.llama_index import SpecFuseLLM
+
+            _MODELS[key] = SpecFuseLLM(**options)
+    return _MODELS[key]
+
+
+async def run_langchain(variant: Variant, task: AgentTask) -> Outcome:
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import wrap_model_call
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langchain_core.tools import StructuredTool
+    from langgraph.errors import GraphRecursionError
+
+    price_fn, multiply_fn = task_functions(task, variant.named_args)
+    tools = [StructuredTool.from_function(price_fn),
+             StructuredTool.from_function(multiply_fn, return_direct=variant.return_direct)]  # fmt: skip
+    middleware = []
+    if variant.force_lookup:
+
+        @wrap_model_call
+        async def lookup_first(request: Any, handler: Any) -> Any:
+            if not any(isinstance(m, ToolMessage) for m in request.messages):
+                request = request.override(tool_choice="price_of")
+            return await handler(request)
+
+        middleware.append(lookup_first)
+    agent = create_agent(_model("langchain", variant.members), tools=tools, system_prompt=variant.system,
+                         middleware=middleware)  # fmt: skip
+    messages: list[Any] = [HumanMessage(task.question)]
+    error = None
+    start = time.monotonic()
+    try:
+        async for state in agent.astream({"messages": messages}, {"recursion_limit": RECURSION_LIMIT},
+                                         stream_mode="values"):  # fmt: skip
+            messages = state["messages"]
+    except GraphRecursionError as e:
+        error = f"recursion limit: {e}"[:300]
+    except Exception as e:  # noqa: BLE001 - recorded as the task's failure
+        error = f"{type(e).__name__}: {e}"[:300]
+    seconds = time.monotonic() - start
+    calls: list[Call] = []
+    by_id: dict[str, Call] = {}
+    for m in messages:
+        if isinstance(m, AIMessage):
+            for c in m.tool_calls:
+                call = Call(c["name"], dict(c["args"]))
+                calls.append(call)
+                by_id[c.get("id") or ""] = call
+        elif isinstance(m, ToolMessage) and m.tool_call_id in by_id:
+            by_id[m.tool_call_id].result = str(m.content)
+    answer = None
+    last = messages[-1]
+    if error is None:
+        if isinstance(last, AIMessage) and not last.tool_calls:
+            answer = last.text
+        elif isinstance(last, ToolMessage):  # return_direct
+            answer = str(last.content)
+    turns = sum(isinstance(m, AIMessage) for m in messages)
+    return _outcome(variant, task, calls, answer, turns, seconds, error)
+
+
+async def run_llama_index(variant: Variant, task: AgentTask) -> Outcome:
+    from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
+    from llama_index.core.tools import FunctionTool
+
+    price_fn, multiply_fn = task_functions(task, variant.named_args)
+    agent = FunctionAgent(
+        tools=[FunctionTool.from_defaults(price_fn),
+               FunctionTool.from_defaults(multiply_fn, return_direct=variant.return_direct)],
+        llm=_model("llama_index", variant.members),
+        system_prompt=variant.system,
+        initial_tool_choice="price_of" if variant.force_lookup else None,
+        allow_parallel_tool_calls=False,
+    )  # fmt: skip
+    calls: list[Call] = []
+    answer = None
+    error = None
+    start = time.monotonic()
+    try:
+        handler = agent.run(user_msg=task.question, max_iterations=MAX_ITERATIONS)
+        async for event in handler.stream_events():
+            if isinstance(event, ToolCallResult):
+                calls.append(Call(event.tool_name, dict(event.tool_kwargs), str(event.tool_output.content)))
+        output = await handler
+        answer = str(output.response.content or "")
+    except Exception as e:  # noqa: BLE001 - includes the max-iterations error
+        error = f"{type(e).__name__}: {e}"[:300]
+    seconds = time.monotonic() - start
+    return _outcome(variant, task, calls, answer, len(calls) + (answer is not None), seconds, error)
+
+
+def _outcome(variant: Variant, task: AgentTask, calls: list[Call], answer: str | None, turns: int,
+             seconds: float, error: str | None) -> Outcome:  # fmt: skip
+    mode = failure_mode(task, calls, answer, error)
+    return Outcome(variant.name, task.id, mode is None, mode, answer, calls, turns, round(seconds, 1), error)
+
+
+async def run_task(variant: Variant, task: AgentTask) -> Outcome:
+    if variant.framework == "langchain":
+        return await run_langchain(variant, task)
+    return await run_llama_index(variant, task)
+
+
+# -- results, resuming, report ----------------------------------------------------------------------
+
+
+def load_results(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[(row["variant"], row["task"])] = row
+    return done
+
+
+async def run_all(variants: Sequence[Variant], tasks: Sequence[AgentTask], limits: dict[str, int], path: Path,
+                  concurrency: int, chunk: int, log: Callable[[str], None]) -> None:  # fmt: skip
+    """Tasks in chunks of ``chunk``; in each chunk every variant in turn (``concurrency`` tasks at once),
+    so that an interrupted run has about the same N in every variant."""
+    done = load_results(path)
+    for begin in range(0, len(tasks), chunk):
+        for variant in variants:
+            todo = [t for t in tasks[begin : begin + chunk] if (variant.name, t.id) not in done
+                    and int(t.id[1:]) < limits.get(variant.name, len(tasks))]  # fmt: skip
+            if todo:
+                log(f"{variant.name}: tasks {todo[0].id}..{todo[-1].id} ({len(todo)})")
+            for start in range(0, len(todo), concurrency):
+                outcomes = await asyncio.gather(*(run_task(variant, t) for t in todo[start : start + concurrency]))
+                with path.open("a") as f:
+                    for outcome in outcomes:
+                        f.write(json.dumps(outcome.to_dict()) + "\n")
+                        log(f"  {variant.name} {outcome.task}: {'ok' if outcome.success else outcome.mode} "
+                            f"({outcome.seconds:.0f} s, {outcome.turns} turns) {outcome.answer!r:.80}")  # fmt: skip
+
+
+def rescore(row: dict[str, Any], task: AgentTask) -> dict[str, Any]:
+    calls = [Call(c["name"], dict(c["args"]), c.get("result")) for c in row.get("calls", [])]
+    mode = failure_mode(task, calls, row.get("answer"), row.get("error"))
+    return {**row, "success": mode is None, "mode": mode}
+
+
+def summarize(results: dict[tuple[str, str], dict[str, Any]], tasks: Sequence[AgentTask],
+              variants: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+    """Per variant: N, successes, rate with Wilson interval, failure modes; paired McNemar tests on the
+    tasks both variants have run. Success and failure mode are re-scored from the recorded calls and
+    answer with the current scorer, so a scorer fix applies to old rows without re-running them."""
+    ids = [t.id for t in tasks]
+    known = {t.id: t.known for t in tasks}
+    by_id = {t.id: t for t in tasks}
+    results = {key: rescore(row, by_id[key[1]]) for key, row in results.items() if key[1] in by_id}
+    rows = {}
+    for v in variants:
+        got = [results[(v, i)] for i in ids if (v, i) in results]
+        if not got:
+            continue
+        k = sum(r["success"] for r in got)
+        low, high = wilson_interval(k, len(got))
+        rows[v] = {
+            "n": len(got), "successes": k, "rate": k / len(got), "ci95": [low, high],
+            "known": f"{sum(r['success'] for r in got if known[r['task']])}/{sum(known[r['task']] for r in got)}",
+            "unknown": f"{sum(r['success'] for r in got if not known[r['task']])}/"
+                       f"{sum(not known[r['task']] for r in got)}",
+            "modes": dict(Counter(r["mode"] for r in got if not r["success"]).most_common()),
+            "median_seconds": sorted(r["seconds"] for r in got)[len(got) // 2],
+        }  # fmt: skip
+    pairs = []
+    names = list(rows)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            common = [t for t in ids if (a, t) in results and (b, t) in results]
+            if not common:
+                continue
+            wins = sum(results[(a, t)]["success"] and not results[(b, t)]["success"] for t in common)
+            losses = sum(results[(b, t)]["success"] and not results[(a, t)]["success"] for t in common)
+            pairs.append({"a": a, "b": b, "n": len(common), "a_only": wins, "b_only": losses,
+                          "mcnemar_p": mcnemar_exact_p(wins, losses)})  # fmt: skip
+    return {"variants": rows, "paired": pairs}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = ["| variant | N | success | rate (95% CI) | known | unknown | failure modes | median s/task |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in summary["variants"].items():
+        modes = ", ".join(f"{m} {c}" for m, c in r["modes"].items()) or "-"
+        lines.append(f"| {name} | {r['n']} | {r['successes']} | {100 * r['rate']:.0f}% "
+                     f"[{100 * r['ci95'][0]:.0f}, {100 * r['ci95'][1]:.0f}] | {r['known']} | {r['unknown']} | "
+                     f"{modes} | {r['median_seconds']:.0f} |")  # fmt: skip
+    lines += ["", "| A vs B | N (paired) | only A right | only B right | McNemar exact p |", "|---|---|---|---|---|"]
+    for p in summary["paired"]:
+        lines.append(f"| {p['a']} vs {p['b']} | {p['n']} | {p['a_only']} | {p['b_only']} | {p['mcnemar_p']:.3g} |")
+    return "\n".join(lines)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=40, help="number of generated tasks (default 40)")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated, in order (default all: {', '.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--limit",
+        default="",
+        help="per-variant task limits over the defaults, e.g. 'lc-plain=20,li-guarded=40' "
+        f"(defaults: {','.join(f'{k}={v}' for k, v in DEFAULT_LIMITS.items())}, all tasks for the others)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="tasks of one variant run at once, batched by the engine (default 8)"
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=8, help="tasks per round: each round runs every variant on its tasks (default 8)"
+    )
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"JSONL file (default {DEFAULT_RESULTS})")
+    parser.add_argument("--report-only", action="store_true", help="summarize the results file, run nothing")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
+    return parser  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    tasks = generate_tasks(args.tasks, args.seed)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
+    limits = {**DEFAULT_LIMITS, **{k: int(v) for k, v in (p.split("=") for p in args.limit.split(",") if p.strip())}}
+    path = Path(args.results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    if not args.report_only:
+        asyncio.run(run_all([VARIANTS[v] for v in variants], tasks, limits, path, args.concurrency, args.chunk, log))
+    summary = summarize(load_results(path), tasks, variants)
+    print(markdown(summary))
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m specfuse_eval.agents"))
