@@ -224,6 +224,18 @@ async def test_vllm_dialect_scores_all_candidates_in_one_request():
     assert session.requests == 1
 
 
+def test_the_dialect_comes_from_the_servers_model_owner():
+    from specfuse_core.remote import _detect_dialect
+
+    root = "http://127.0.0.1:8000"
+    assert _detect_dialect({"owned_by": "vllm"}, root) == "vllm"
+    assert _detect_dialect({"owned_by": "sglang"}, root) == "sglang"
+    assert _detect_dialect({"owned_by": "me"}, root) == "llama_cpp"  # llama-cpp-python
+    assert _detect_dialect({"owned_by": "llamacpp"}, root) == "openai"  # llama.cpp's llama-server: draft-only
+    assert _detect_dialect({"owned_by": "system"}, "https://api.openai.com") == "openai"
+    assert _detect_dialect({"owned_by": "someone"}, root) == "vllm"
+
+
 def test_candidate_span_includes_a_token_straddling_the_accepted_text():
     choice = {"logprobs": {"tokens": ["a", "Hel", "lo", " w", "x"], "token_logprobs": [None, -1.0, -2.0, -3.0, -9.0]}}
     # accepted "...Hel" + candidate "lo w": the tokens "lo", " w" cover it exactly
