@@ -3,12 +3,12 @@ real LangChain ``create_agent`` and the real LlamaIndex ``FunctionAgent``, score
 
 Run it as ``python -m specfuse_eval.agents`` (``python -m benchmarks.agents`` in a source checkout):
 
-    nice -n 10 python -m benchmarks.agents --tasks 40 --json      # every variant, all 40 tasks
-    python -m benchmarks.agents --report-only                      # the table from the results file
+    nice -n 10 python -m benchmarks.agents --json   # every variant: 40 tasks (DEFAULT_LIMITS: fewer)
+    python -m benchmarks.agents --report-only       # the tables from the results file
 
-Tasks (:func:`generate_tasks`, seeded): each task has its own made-up price catalogue (3 to 6 invented
+Tasks (:func:`generate_tasks`, seeded): each task has its own made-up price catalogue (3 to 7 invented
 item names, prices 2 to 999 cents: no model can know them), a quantity (2 to 60) and a question in one
-of several phrasings. About a fifth of the tasks ask for an item that is *not* in the catalogue; the
+of six phrasings. Every fifth task (20%) asks for an item that is *not* in the catalogue; the
 lookup tool then answers ``unknown item: <name> is not in the price list``.
 
 Tools: ``price_of(item)`` looks the item up in the task's catalogue (case-insensitive, a plural ``s``
@@ -314,9 +314,9 @@ VARIANTS: dict[str, Variant] = {
 DEFAULT_VARIANTS = ["lc-named", "lc-named-qwen", "lc-named-smollm2", "lc-readme", "lc-guarded", "li-named",
                     "lc-guarded-qwen", "lc-guarded-smollm2", "li-guarded", "lc-plain"]  # fmt: skip
 """Every variant, most important first (each chunk of tasks runs them in this order)."""
-DEFAULT_LIMITS = {"li-named": 32, "lc-guarded-qwen": 24, "lc-guarded-smollm2": 24, "li-guarded": 16, "lc-plain": 8}
-"""The N of benchmarks/README.md: what fitted in about 70 minutes on 2 CPU cores (lc-plain alone takes
-about a minute per task; the variants not named here run all tasks)."""
+DEFAULT_LIMITS = {"li-guarded": 16, "lc-plain": 16}
+"""The N of benchmarks/README.md (the variants not named here run all tasks): lc-plain runs to the
+recursion limit, ~7 minutes per 8 tasks on 2 CPU cores, and li-guarded is superseded by li-named."""
 RECURSION_LIMIT = 12
 """LangGraph steps: a model turn and a tool turn are one step each, so up to 6 model turns per task."""
 MAX_ITERATIONS = 6
