@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from benchmarks.agents import main
 from specfuse_eval.agents import (
     UNKNOWN_RESULT,
     AgentTask,
@@ -12,7 +13,6 @@ from specfuse_eval.agents import (
     failure_mode,
     generate_tasks,
     lookup,
-    main,
     numbers_in,
     summarize,
     task_functions,
