@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
 import if_verifiable  # noqa: F401 - a dev dependency: fail loudly if missing
 import punkt  # noqa: F401 - a dev dependency: fail loudly if missing
+import pytest
 
 from specfuse_eval import ifeval, quality  # noqa: E402
 
@@ -528,8 +528,7 @@ def test_the_package_stands_alone() -> None:
     # and it leaves sys.path alone; third-party packages are imported inside functions only.
     import ast
 
-    allowed = {"__future__", "argparse", "copy", "dataclasses", "hashlib", "importlib", "json", "math", "os",
-               "random", "statistics", "sys", "threading", "time", "types", "collections", "pathlib", "typing"}  # fmt: skip
+    allowed = set(sys.stdlib_module_names)
     for path in sorted((REPO / "specfuse_eval").glob("*.py")):
         source = path.read_text()
         assert "sys.path" not in source, path
