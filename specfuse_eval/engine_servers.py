@@ -105,9 +105,10 @@ def llama_cpp_server(gguf: Path, log: Path | None = None, *, threads: int = 2, n
     return EngineServer("llama-cpp-python", command, port, log or Path(os.devnull), ready_timeout=120)
 
 
-def vllm_python() -> Path:
-    """The Python that has vLLM: ``$SPECFUSE_VLLM_PYTHON``, else ``.venv-vllm`` in the working directory."""
-    return Path(os.environ.get(VLLM_PYTHON_ENV) or Path.cwd() / ".venv-vllm" / "bin" / "python")
+def vllm_python(root: Path | None = None) -> Path:
+    """The Python that has vLLM: ``$SPECFUSE_VLLM_PYTHON``, else ``.venv-vllm`` in ``root`` (default: the
+    working directory), where ``make test`` installs it."""
+    return Path(os.environ.get(VLLM_PYTHON_ENV) or (root or Path.cwd()) / ".venv-vllm" / "bin" / "python")
 
 
 def vllm_server(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from specfuse_eval.engine_servers import VLLM_PYTHON_ENV, EngineServer, vllm_server
+from specfuse_eval.engine_servers import VLLM_PYTHON_ENV, EngineServer, vllm_python, vllm_server
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -43,12 +43,8 @@ def _browser() -> str | None:
     return f"missing {', '.join(missing)}" if missing else None
 
 
-def _vllm_python() -> Path:
-    return Path(os.environ.get(VLLM_PYTHON_ENV) or ROOT / ".venv-vllm" / "bin" / "python")
-
-
 def _vllm() -> str | None:
-    python = _vllm_python()
+    python = vllm_python(ROOT)
     return None if os.access(python, os.X_OK) else f"no Python with vLLM at {python}"
 
 
@@ -122,7 +118,7 @@ class _SharedVLLM:
             self.starts += 1
             log = self.logs / f"vllm-{self.starts}.log"
             model_dir = resolve_preset(VLLM_MODEL)
-            self.server = vllm_server(model_dir, log, python=_vllm_python(), served_name=VLLM_MODEL)
+            self.server = vllm_server(model_dir, log, python=vllm_python(ROOT), served_name=VLLM_MODEL)
         return self.server
 
     def stop(self) -> None:
