@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .paired import mcnemar_exact_p, wilson_interval
+from .paired import mcnemar_exact_p, wilson_interval, wins_losses
 
 DEFAULT_RESULTS = "benchmarks/results/agents.jsonl"
 SEED = 25
@@ -303,8 +303,7 @@ def summarize(results: dict[tuple[str, str], dict[str, Any]], tasks: Sequence[Ag
             common = [t for t in ids if (a, t) in results and (b, t) in results]
             if not common:
                 continue
-            wins = sum(results[(a, t)]["success"] and not results[(b, t)]["success"] for t in common)
-            losses = sum(results[(b, t)]["success"] and not results[(a, t)]["success"] for t in common)
+            wins, losses = wins_losses((results[(a, t)]["success"], results[(b, t)]["success"]) for t in common)
             pairs.append({"a": a, "b": b, "n": len(common), "a_only": wins, "b_only": losses,
                           "mcnemar_p": mcnemar_exact_p(wins, losses)})  # fmt: skip
     return {"variants": rows, "paired": pairs}

@@ -469,8 +469,7 @@ def paired_tests(
         for category in [*categories, "all"]:
             both = [(s, by_key_b[s["key"]]) for s in scores[a]
                     if s["key"] in by_key_b and category in ("all", s["category"])]  # fmt: skip
-            wins = sum(1 for x, y in both if x["correct"] and not y["correct"])
-            losses = sum(1 for x, y in both if y["correct"] and not x["correct"])
+            wins, losses = paired.wins_losses((x["correct"], y["correct"]) for x, y in both)
             out.append({"config": a, "reference": b, "category": category, "n": len(both), "wins": wins,
                         "losses": losses, "mcnemar_p": round(paired.mcnemar_exact_p(wins, losses), 4)})  # fmt: skip
     return out

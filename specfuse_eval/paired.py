@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +26,15 @@ RESAMPLES = 10_000
 MIN_BOOTSTRAP_PROMPTS = 10
 """Below this many prompts a bootstrap interval is too coarse to call anything significant (with one
 prompt it collapses to a point); the instruction-level verdict then says so instead."""
+
+
+def wins_losses(pairs: Iterable[tuple[bool, bool]]) -> tuple[int, int]:
+    """Over ``(a correct, b correct)`` pairs: how many only ``a`` got right, and how many only ``b``."""
+    wins = losses = 0
+    for a, b in pairs:
+        wins += bool(a and not b)
+        losses += bool(b and not a)
+    return wins, losses
 
 
 def mcnemar_exact_p(wins: int, losses: int) -> float:
@@ -175,8 +184,7 @@ def compare(
     n = len(totals)
     if not (len(config_prompts) == len(reference_prompts) == len(config_followed) == len(reference_followed) == n):
         raise ValueError("paired sequences must have one entry per prompt")
-    wins = sum(1 for a, b in zip(config_prompts, reference_prompts) if a and not b)
-    losses = sum(1 for a, b in zip(config_prompts, reference_prompts) if b and not a)
+    wins, losses = wins_losses(zip(config_prompts, reference_prompts))
     both = sum(1 for a, b in zip(config_prompts, reference_prompts) if a and b)
     given = sum(totals)
     return PairedComparison(
