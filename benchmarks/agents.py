@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -83,7 +84,7 @@ VARIANTS: dict[str, Variant] = {
                 force_lookup=True, description="lc-guarded with SmolLM2-135M alone"),
         Variant("lc-guarded-qwen", "langchain", GUARDED_SYSTEM, members=(QWEN,), return_direct=True,
                 force_lookup=True, description="lc-guarded with Qwen2.5-Coder-0.5B alone"),
-            Variant("li-named", "llama_index", NAMED_SYSTEM, return_direct=True, force_lookup=True, named_args=True,
+        Variant("li-named", "llama_index", NAMED_SYSTEM, return_direct=True, force_lookup=True, named_args=True,
                 description="FunctionAgent, as lc-named: initial_tool_choice='price_of', multiply(quantity, unit_price)"),
         Variant("lc-named-smollm2", "langchain", NAMED_SYSTEM, members=(SMOL,), return_direct=True,
                 force_lookup=True, named_args=True, description="lc-named with SmolLM2-135M alone"),
@@ -120,28 +121,21 @@ class Outcome:
         return asdict(self)
 
 
-# Models are shared across tasks of a variant (loaded once per member spec by the library anyway).
-_MODELS: dict[tuple[str, tuple[str, ...] | None], Any] = {}
-
-
+@functools.cache
 def _model(framework: str, members: tuple[str, ...] | None) -> Any:
-    key = (framework, members)
-    if key not in _MODELS:
-        members_arg = list(members) if members else None
-        # temperature=0: greedy, so every variant answers each task reproducibly and the paired
-        # comparison is between configurations, not samples. max_tokens=128 instead of 512: a turn here
-        # is one call or one sentence, and on CPU a member that rambles to 512 tokens costs ~100 s a
-        # turn (measured); a cut answer is scored as it stands. Everything else: the library's defaults.
-        options = {"members": members_arg, "temperature": 0, "max_tokens": MAX_TOKENS}
-        if framework == "langchain":
-            from specfuse_integrations.langchain import SpecFuseChatModel
+    """One chat model / LLM per (framework, members), shared by the tasks of every variant that uses it."""
+    # temperature=0: greedy, so every variant answers each task reproducibly and the paired
+    # comparison is between configurations, not samples. max_tokens=128 instead of 512: a turn here
+    # is one call or one sentence, and on CPU a member that rambles to 512 tokens costs ~100 s a
+    # turn (measured); a cut answer is scored as it stands. Everything else: the library's defaults.
+    options = {"members": list(members) if members else None, "temperature": 0, "max_tokens": MAX_TOKENS}
+    if framework == "langchain":
+        from specfuse_integrations.langchain import SpecFuseChatModel
 
-            _MODELS[key] = SpecFuseChatModel(**options)
-        else:
-            from specfuse_integrations.llama_index import SpecFuseLLM
+        return SpecFuseChatModel(**options)
+    from specfuse_integrations.llama_index import SpecFuseLLM
 
-            _MODELS[key] = SpecFuseLLM(**options)
-    return _MODELS[key]
+    return SpecFuseLLM(**options)
 
 
 async def run_langchain(variant: Variant, task: AgentTask) -> Outcome:

@@ -224,15 +224,15 @@ def failure_mode(task: AgentTask, calls: Sequence[Call], answer: str | None, err
         return "skipped_lookup"
     if not looked_up:
         return "wrong_lookup"
-    if answer is not None and not answer.strip() and not any(c.name.startswith("multiply") for c in calls):
+    multiplies = [c for c in calls if c.name.startswith("multiply")]
+    if answer is not None and not answer.strip() and not multiplies:
         return "empty_answer"
     if not task.known:
-        if answer is not None and numbers_in(answer) and any(x != task.quantity for x in numbers_in(answer)):
+        if answer is not None and any(x != task.quantity for x in numbers_in(answer)):
             return "invented_price"
-        if any(c.name.startswith("multiply") for c in calls):
+        if multiplies:
             return "invented_price"  # multiplied by a price it never got (the answer may be cut off)
         return "no_final_answer" if answer is None else "unknown_not_said"
-    multiplies = [c for c in calls if c.name.startswith("multiply")]
     right = sorted([task.quantity, task.price or 0])
     if multiplies and not any(sorted(_ints(c.args)) == right for c in multiplies):
         return "wrong_arithmetic"
