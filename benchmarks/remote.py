@@ -67,7 +67,6 @@ def run_ensemble(ensemble: Any, prompt: str, args: argparse.Namespace, remote: A
         "smol_active_rounds": active_rounds,
         "verified_rounds": verified,
         "round_s": [e.timings.round_s for e in result.trace],
-        "answer_s": sum(e.timings.round_s for e in result.trace),
         "http_s": sum(http_s),
         "smol_draft_s": smol_calls["draft"],
         "smol_score_s": smol_calls["score"],
@@ -132,8 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     verified = sum(r["remote"]["verified_rounds"] for r in runs)
     local_round = _mean([s for r in runs for s in r["local"]["round_s"]])
     remote_round = _mean([s for r in runs for s in r["remote"]["round_s"]])
-    remote_rounds = sum(r["remote"]["rounds"] for r in runs)
-    remote_answer_s = sum(r["remote"]["answer_s"] for r in runs)
+    remote_answer_s = sum(s for r in runs for s in r["remote"]["round_s"])
     round_trip = statistics.median(round_trips)
     summary = {
         "benchmark": "remote",
@@ -152,11 +150,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "round_s_local": round(local_round, 3),
         "round_s_remote": round(remote_round, 3),
         "added_latency_per_round_s": round(remote_round - local_round, 3),
-        "answer_s_local": round(_mean([r["local"]["answer_s"] for r in runs]), 3),
-        "answer_s_remote": round(_mean([r["remote"]["answer_s"] for r in runs]), 3),
+        "answer_s_local": round(_mean([sum(r["local"]["round_s"]) for r in runs]), 3),
+        "answer_s_remote": round(remote_answer_s / len(runs), 3),
         "http_share_of_round_time": round(sum(r["remote"]["http_s"] for r in runs) / remote_answer_s, 3),
         "round_trip_s": round(round_trip, 4),
-        "transport_share_of_round_time": round((drafts + scores) * round_trip / remote_answer_s, 4) if remote_rounds else None,
+        "transport_share_of_round_time": round((drafts + scores) * round_trip / remote_answer_s, 4),
         "smol_draft_s": {
             "local": round(_mean([s for r in runs for s in r["local"]["smol_draft_s"]]), 3),
             "remote": round(_mean([s for r in runs for s in r["remote"]["smol_draft_s"]]), 3),
