@@ -668,16 +668,16 @@ def anchor_report(args: argparse.Namespace, specs: list[str]) -> int:
     """``--part anchor``: item 12 of the module docstring (llama.cpp also on one thread, for reference)."""
     rows: dict[str, Any] = {}
     for spec in specs:
-        llama = _spawn(["--child", "llama", "--spec", spec], args)
-        llama_1 = _spawn(["--child", "llama", "--spec", spec, "--threads", "1"], args)
-        alone = _spawn(["--child", "anchor-specfuse", "--spec", spec], args)
-        alone_1 = _spawn(["--child", "anchor-specfuse", "--spec", spec, "--threads", "1"], args)
-        rows[spec] = {"llama_cpp": llama, "llama_cpp_1_thread": llama_1, "specfuse": alone, "specfuse_1_thread": alone_1,
-                      "wall_ratio": alone["tokens_per_s"] / llama["tokens_per_s"],
-                      "member_call_ratio": alone["member_call_tokens_per_s"] / llama["tokens_per_s"],
-                      "wall_ratio_1_thread": alone_1["tokens_per_s"] / llama_1["tokens_per_s"],
-                      "member_call_ratio_1_thread": alone_1["member_call_tokens_per_s"] / llama_1["tokens_per_s"],
-                      "same_text": alone["text"] == llama["text"]}  # fmt: skip
+        row: dict[str, Any] = {}
+        for threads, extra in THREAD_SETTINGS:
+            suffix = "" if threads == "default" else f"_{threads}_thread"
+            llama = _spawn(["--child", "llama", "--spec", spec, *extra], args)
+            alone = _spawn(["--child", "anchor-specfuse", "--spec", spec, *extra], args)
+            row |= {f"llama_cpp{suffix}": llama, f"specfuse{suffix}": alone,
+                    f"wall_ratio{suffix}": alone["tokens_per_s"] / llama["tokens_per_s"],
+                    f"member_call_ratio{suffix}": alone["member_call_tokens_per_s"] / llama["tokens_per_s"]}  # fmt: skip
+        row["same_text"] = row["specfuse"]["text"] == row["llama_cpp"]["text"]
+        rows[spec] = row
     ensemble = _spawn(["--child", "anchor-specfuse", "--label", "ensemble"], args)
     report = {"members": specs, "per_member": rows, "ensemble": ensemble}
     for spec, row in rows.items():
