@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
+from remote_failures import answer_while_stopping, assert_exited_once
 
 from specfuse_core import Ensemble, FusionConfig, HFMember
 from specfuse_core.presets import PRESETS, fetch_gguf
@@ -90,18 +90,10 @@ def test_killing_a_server_mid_request_leaves_the_other_member(server, second_ser
     first = OpenAICompatibleMember(server.url, name="alive")
     victim = OpenAICompatibleMember(second_server.url, name="victim", max_retries=1, backoff=0.2, timeout=30)
     ens = Ensemble([first, victim], FusionConfig(temperature=0, max_tokens=14, segment_tokens=4))
-    stream = ens.stream([{"role": "user", "content": "Explain briefly why the sky is blue."}])
-    events = [next(stream)]
+    events, result = answer_while_stopping(ens, second_server.stop, 0.3)
     assert "victim" in events[0].active
-    killer = threading.Timer(0.3, second_server.stop)  # while the next round's requests are in flight
-    killer.start()
-    events += list(stream)
-    killer.join()
-    result = stream.result
     assert not second_server.running
-    exits = [x for x in result.exits if x.member == "victim"]
-    assert len(exits) == 1, result.exits
-    assert exits[0].reason.startswith("Remote") and "victim" in exits[0].reason, exits[0].reason
+    assert_exited_once(result, "victim")
     assert any(x.member == "victim" for e in events for x in e.exits)
     assert result.rounds >= 2 and result.text.strip()
     assert events[-1].active == ("alive",)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 
 import httpx
 import jsonschema
 import pytest
 from conftest import VLLM_MODEL
+from remote_failures import answer_while_stopping, assert_exited_once
 
 from specfuse_core import Ensemble, FusionConfig, HFMember
 from specfuse_core.presets import PRESETS, fetch_gguf
@@ -190,18 +190,10 @@ def test_killing_the_vllm_server_mid_answer_leaves_the_other_members(vllm, qwen)
     """Runs last in this module: it stops the shared server (a later user of the fixture gets a new one)."""
     victim = OpenAICompatibleMember(vllm.url, name="victim", max_retries=1, backoff=0.2, timeout=30)
     ens = Ensemble([victim, qwen], FusionConfig(temperature=0, max_tokens=40, segment_tokens=4))
-    stream = ens.stream([{"role": "user", "content": "Explain briefly why the sky is blue."}])
-    events = [next(stream)]
+    events, result = answer_while_stopping(ens, vllm.stop, 0.2)
     assert "victim" in events[0].active
-    killer = threading.Timer(0.2, vllm.stop)  # while the next round's requests are in flight
-    killer.start()
-    events += list(stream)
-    killer.join()
-    result = stream.result
     assert not vllm.running
-    exits = [x for x in result.exits if x.member == "victim"]
-    assert len(exits) == 1, result.exits
-    assert exits[0].reason.startswith("Remote") and "victim" in exits[0].reason, exits[0].reason
+    assert_exited_once(result, "victim")
     assert result.rounds >= 2 and result.text.strip()
     assert events[-1].active == ("qwen",)
 
