@@ -34,6 +34,7 @@ from . import kv_cache
 from .errors import ConfigError, ModelLoadError
 from .member import ContextWindowFull, Draft, Role, SamplingParams, TokenScores, role_flags
 from .messages import Message
+from .numerics import attention_for, bound_kernel_caches, make_rows_independent, needs_exact_rows, parse_dtype
 from .prompting import NO_NATIVE_SUPPORT, ToolSupport, member_prompt, needs_tool_rendering, probe_tool_support
 from .scheduler import Worker, default_worker
 from .segments import common_prefix_length
@@ -51,21 +52,6 @@ PLAIN_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 """The prompt template of a member whose tokenizer has no chat template (override with ``chat_template=``)."""
-
-def default_dtype(device: str) -> torch.dtype:
-    return torch.bfloat16 if device.startswith("cuda") else torch.float32
-
-
-def _parse_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return default_dtype(device)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
-    value = getattr(torch, aliases.get(dtype, dtype), None)
-    if not isinstance(value, torch.dtype):
-        raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    return value
 
 
 class HFMember:
@@ -104,13 +90,18 @@ class HFMember:
 
             self.source = str(model)
             self.name = name or _name_from_source(self.source, gguf_file)
+            chosen_dtype = parse_dtype(dtype, wanted_device)
             self.model, self.tokenizer = load_model_and_tokenizer(
                 self.source,
                 gguf_file=gguf_file,
-                dtype=_parse_dtype(dtype, wanted_device),
+                dtype=chosen_dtype,
                 device=None if device_map is not None else wanted_device,
                 device_map=device_map,
+                attn_implementation=attention_for(chosen_dtype, wanted_device if device_map is None else "map"),
             )
+            if needs_exact_rows(chosen_dtype, str(next(self.model.parameters()).device)):
+                bound_kernel_caches()
+                make_rows_independent(self.model)
         else:
             if tokenizer is None:
                 raise ConfigError("a model object needs its tokenizer: HFMember(model, tokenizer=...)")

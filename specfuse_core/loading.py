@@ -63,13 +63,16 @@ def load_model_and_tokenizer(
     dtype: torch.dtype,
     device: str | None,
     device_map: str | dict[str, Any] | None,
+    attn_implementation: str | None = None,
 ) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     location = resolve_source(source, gguf_file)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, device_map=device_map)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, device_map=device_map, attn_implementation=attn_implementation
+        )
     except Exception as error:  # noqa: BLE001
         hint = " (Hub ids need network access; pass a local directory or a preset offline)" if location == source else ""
         raise ModelLoadError(f"could not load model {source!r}{hint}: {error}") from error

@@ -1,6 +1,8 @@
 """Concurrent requests on one ensemble share batched forward passes, and answer exactly as alone.
 
-Two tiny random models with different tokenizers, built in the test; greedy decoding throughout.
+Two tiny random models with different tokenizers, built in the test; greedy decoding throughout, in
+float32 and in bfloat16. Random weights give near-ties everywhere, so a batch that rounded a row
+differently would change the answers: these tests catch it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ PROMPTS = [
 CONFIG = FusionConfig(segment_tokens=4, max_tokens=32, temperature=0)
 
 
-@pytest.fixture(scope="module")
-def ensemble(tiny_dirs):
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def ensemble(tiny_dirs, request):
+    """Both dtypes on every machine: ``auto`` picks bfloat16 only on CPUs with native bf16."""
     a, b = tiny_dirs
-    return Ensemble([HFMember(str(a), name="tiny-a"), HFMember(str(b), name="tiny-b")], CONFIG, schedule="parallel")
+    members = [HFMember(str(a), name="tiny-a", dtype=request.param), HFMember(str(b), name="tiny-b", dtype=request.param)]
+    return Ensemble(members, CONFIG, schedule="parallel")
 
 
 def messages(prompt: str) -> list[dict[str, str]]:

@@ -11,9 +11,11 @@ pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module")
-def ensemble() -> Ensemble:
-    return Ensemble.from_specs(DEFAULT_MEMBERS, FusionConfig(temperature=0, max_tokens=48))
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def ensemble(request: pytest.FixtureRequest) -> Ensemble:
+    """Both dtypes on every machine (``auto`` is bfloat16 only on CPUs with native bf16): answers, cache
+    equality and batching must hold in each."""
+    return Ensemble.from_specs(DEFAULT_MEMBERS, FusionConfig(temperature=0, max_tokens=48), dtype=request.param)
 
 
 def test_capital_of_france(ensemble):

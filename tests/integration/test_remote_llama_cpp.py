@@ -38,7 +38,9 @@ def second_server(gguf, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smol_local() -> HFMember:
-    return HFMember("smollm2-135m-instruct", name="smol-local")
+    # float32: the server computes in float32 on the same (dequantized) weights; bf16 would add its
+    # own rounding to the comparison (auto is bf16 on some CPUs)
+    return HFMember("smollm2-135m-instruct", name="smol-local", dtype="float32")
 
 
 def test_scoring_agrees_with_local_transformers(server, smol_local):

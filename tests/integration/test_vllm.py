@@ -46,7 +46,8 @@ ANSWER_SCHEMA = {
 
 @pytest.fixture(scope="module")
 def smol_local() -> HFMember:
-    return HFMember("smollm2-135m-instruct", name="smol-local")
+    # float32 like the vLLM server: drafts and scores are compared to 1e-4 (auto is bf16 on some CPUs)
+    return HFMember("smollm2-135m-instruct", name="smol-local", dtype="float32")
 
 
 @pytest.fixture(scope="module")

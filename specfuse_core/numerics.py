@@ -1,0 +1,89 @@
+"""How local members compute: the dtype ``"auto"`` picks, and bfloat16 on CPU made exact per row.
+
+bfloat16 on CPU rounds a row's result differently depending on how the row is computed: SDPA
+attention changes with the padded length of a batch, and a matrix product of a single row takes a
+GEMV path whose summation order differs from the many-row path. Either makes a greedy answer depend
+on its batch neighbours and on whether the KV cache was used. Eager attention, and computing a single
+row as two (the second all zeros), give every row the same result whatever the batch, the padding or
+the cache (``tests/integration/test_dtype.py``). Scores are float32 in every dtype: logits are cast
+to float32 before each log-softmax.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX tiles or AVX512-BF16)."""
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(probe is not None and probe() for probe in probes)
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """The dtype of ``dtype="auto"``: bfloat16 on GPUs and on CPUs with native bf16, float32 elsewhere."""
+    if device.startswith("cuda"):
+        return torch.bfloat16
+    return torch.bfloat16 if device.startswith("cpu") and cpu_has_native_bf16() else torch.float32
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """The torch dtype for a ``dtype`` option (a name, an alias such as ``bf16``, ``"auto"`` or ``None``)."""
+    if dtype is None or dtype == "auto":
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, DTYPE_ALIASES.get(dtype, dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return value
+
+
+def needs_exact_rows(dtype: torch.dtype, device: str) -> bool:
+    """Whether a model in ``dtype`` on ``device`` needs eager attention and two-row products (bf16 on CPU)."""
+    return dtype == torch.bfloat16 and device.startswith("cpu")
+
+
+def attention_for(dtype: torch.dtype, device: str) -> str | None:
+    """``"eager"`` where rows must be exact (about as fast as SDPA for decode steps), else transformers'
+    default (SDPA)."""
+    return "eager" if needs_exact_rows(dtype, device) else None
+
+
+KERNEL_CACHE_CAPACITY = "64"
+"""Entries in each of oneDNN's per-shape kernel caches (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, and
+ideep's ``LRU_CACHE_CAPACITY`` inside torch); both default to 1024. A bf16 kernel is cached per
+shape, and prompt lengths vary from request to request, so at 1024 a server's memory grew for
+hundreds of requests (+40% over 600 requests of two tiny members); at 64 it stays flat (+0.4%)."""
+
+
+def bound_kernel_caches() -> None:
+    """Give oneDNN's kernel caches :data:`KERNEL_CACHE_CAPACITY` entries unless the environment sets
+    them. They read the variables when the first bf16 kernel runs, so call this before that."""
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(name, KERNEL_CACHE_CAPACITY)
+
+
+def make_rows_independent(model: Any) -> None:
+    """Compute every linear layer's single-row input as two rows, so that one row goes through the
+    same kernel as a batch of rows (for bf16 on CPU the two cost about the same)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and not getattr(module, "_specfuse_two_rows", False):
+            module.forward = _as_two_rows(module.forward)
+            module._specfuse_two_rows = True
+
+
+def _as_two_rows(forward: Any) -> Any:
+    def forward_two_rows(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() >= 2 and x.numel() == x.shape[-1]:
+            return forward(torch.cat([x, torch.zeros_like(x)], dim=-2)).narrow(-2, 0, 1)
+        return forward(x)
+
+    return forward_two_rows
