@@ -48,6 +48,7 @@ from . import DataNotFoundError, MissingDependencyError, require
 from .quality import (
     FUSION_CONFIGS,
     ResponseCache,
+    answer_dtype,
     data_path,
     fusion_options,
     loaded_on_first_use,
@@ -201,18 +202,18 @@ def expand_configs(requested: Sequence[str] | None, member_specs: Sequence[str])
 
 
 def cache_dirnames(
-    configs: Sequence[str], member_specs: Sequence[str], max_tokens: int, segment_tokens: int
+    configs: Sequence[str], member_specs: Sequence[str], max_tokens: int, segment_tokens: int, dtype: str = "float32"
 ) -> dict[str, str]:
     """A member alone answers the same whatever the other members are: its answers live under a run id
     of that member only; the ensemble's under the ensemble's run id, in a directory named with a hash of
     every fusion option (tool options included), so a changed default never reuses stale answers."""
     by_label = {member_label(spec): spec for spec in member_specs}
-    ensemble_run = run_id(member_specs, max_tokens, segment_tokens)
+    ensemble_run = run_id(member_specs, max_tokens, segment_tokens, dtype)
     out = {}
     for config in configs:
         name, _ = split_config(config)
         if name in by_label:
-            out[config] = f"{run_id([by_label[name]], max_tokens, segment_tokens)}/{config}"
+            out[config] = f"{run_id([by_label[name]], max_tokens, segment_tokens, dtype)}/{config}"
         else:
             options = fusion_options(name, {}, configs=TOOL_FUSION_CONFIGS, tool_options=True)
             out[config] = f"{ensemble_run}/{config}-{options_hash(options)}"
@@ -635,8 +636,9 @@ def _run(args: argparse.Namespace) -> int:
     check = load_ast_checker()  # fail before any model loads if the checker is missing
     require("jsonschema", "Schema validation of tool calls")
     require("matplotlib", "The BFCL figure")
-    run_dir = resolve(args.results) / run_id(member_specs, args.max_tokens, args.segment_tokens)
-    dirnames = cache_dirnames(configs, member_specs, args.max_tokens, args.segment_tokens)
+    dtype = answer_dtype(args)
+    run_dir = resolve(args.results) / run_id(member_specs, args.max_tokens, args.segment_tokens, dtype)
+    dirnames = cache_dirnames(configs, member_specs, args.max_tokens, args.segment_tokens, dtype)
     cache = ResponseCache(resolve(args.results), dirnames)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 

@@ -141,10 +141,15 @@ def expand_configs(requested: Sequence[str] | None, member_specs: Sequence[str])
     return names
 
 
-def run_id(member_specs: Sequence[str], max_tokens: int, segment_tokens: int) -> str:
-    """A directory name for one set of generation settings: changing them never reuses stale answers."""
-    blob = json.dumps({"members": list(member_specs), "max_tokens": max_tokens, "segment_tokens": segment_tokens,
-                       "temperature": 0})  # fmt: skip
+def run_id(member_specs: Sequence[str], max_tokens: int, segment_tokens: int, dtype: str = "float32") -> str:
+    """A directory name for one set of generation settings: changing them never reuses stale answers.
+
+    ``dtype`` is what the local members compute in; float32 leaves the name as before dtypes counted."""
+    settings: dict[str, Any] = {"members": list(member_specs), "max_tokens": max_tokens,
+                                "segment_tokens": segment_tokens, "temperature": 0}  # fmt: skip
+    if dtype != "float32":
+        settings["dtype"] = dtype
+    blob = json.dumps(settings)
     return f"mt{max_tokens}-seg{segment_tokens}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
@@ -1028,16 +1033,31 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m specfuse_eval
     return run(build_parser(prog=prog).parse_args(argv))
 
 
+def answer_dtype(args: argparse.Namespace) -> str:
+    """The dtype local members compute in: ``--dtype``, else what ``dtype="auto"`` picks for ``--device``."""
+    import torch
+
+    from specfuse_core.numerics import parse_dtype
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return str(parse_dtype(args.dtype, device)).removeprefix("torch.")
+
+
 def cache_dirnames(
-    configs: Sequence[str], member_specs: Sequence[str], overrides: dict[str, Any], max_tokens: int, segment_tokens: int
+    configs: Sequence[str],
+    member_specs: Sequence[str],
+    overrides: dict[str, Any],
+    max_tokens: int,
+    segment_tokens: int,
+    dtype: str = "float32",
 ) -> dict[str, str]:
     """Each configuration's directory under the results root. A member alone answers the same whatever
     the other members are, so its answers live under a run id of that member only and are shared by
     every ensemble it is part of; fused configurations live under the ensemble's run id."""
     by_label = {member_label(spec): spec for spec in member_specs}
-    ensemble_run = run_id(member_specs, max_tokens, segment_tokens)
+    ensemble_run = run_id(member_specs, max_tokens, segment_tokens, dtype)
     return {
-        c: (f"{run_id([by_label[c]], max_tokens, segment_tokens)}/{c}" if c in by_label
+        c: (f"{run_id([by_label[c]], max_tokens, segment_tokens, dtype)}/{c}" if c in by_label
             else f"{ensemble_run}/{cache_dirname(c, overrides)}")
         for c in configs
     }  # fmt: skip
@@ -1067,10 +1087,12 @@ def _run(args: argparse.Namespace, *, paired_to_stdout: bool) -> int:
 
     ifeval.require_scoring()  # fail before any model loads if the eval extra is missing
     require("matplotlib", "The accuracy-vs-cost figure")
-    run_dir = resolve(args.results) / run_id(member_specs, args.max_tokens, args.segment_tokens)
+    dtype = answer_dtype(args)
+    run_dir = resolve(args.results) / run_id(member_specs, args.max_tokens, args.segment_tokens, dtype)
     overrides = parse_fusion_overrides(args.fusion or [])
     cache = ResponseCache(
-        resolve(args.results), cache_dirnames(configs, member_specs, overrides, args.max_tokens, args.segment_tokens)
+        resolve(args.results),
+        cache_dirnames(configs, member_specs, overrides, args.max_tokens, args.segment_tokens, dtype),
     )
     suffix = "".join(f"-{k}={v}" for k, v in sorted(overrides.items())).replace("/", "_")
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -1099,7 +1121,7 @@ def _run(args: argparse.Namespace, *, paired_to_stdout: bool) -> int:
     paired_results = paired_against_best(rows, keys_by_config, scores_by_config)
     n = min((r["n"] for r in rows), default=0)
     meta = {"n": n, "data": args.data or DEFAULT_DATA, "members": member_specs, "max_tokens": args.max_tokens,
-            "segment_tokens": args.segment_tokens, "device": args.device or "auto (cpu here)",
+            "segment_tokens": args.segment_tokens, "device": args.device or "auto (cpu here)", "dtype": dtype,
             "run_dir": str(run_dir), "fusion_overrides": overrides}  # fmt: skip
     (run_dir).mkdir(parents=True, exist_ok=True)
     paired_report = paired_markdown(paired_results)

@@ -186,7 +186,8 @@ def test_run_id_depends_on_generation_settings() -> None:
     base = quality.run_id(["x", "y"], 128, 10)
     assert base == quality.run_id(["x", "y"], 128, 10)
     assert len({base, quality.run_id(["x", "y"], 256, 10), quality.run_id(["x"], 128, 10),
-                quality.run_id(["x", "y"], 128, 5)}) == 4  # fmt: skip
+                quality.run_id(["x", "y"], 128, 5), quality.run_id(["x", "y"], 128, 10, "bfloat16")}) == 5  # fmt: skip
+    assert quality.run_id(["x", "y"], 128, 10, "float32") == base  # float32 answers cached before dtypes counted
 
 
 def test_configs_expand_members_and_reject_unknown_names() -> None:
@@ -236,8 +237,9 @@ def test_score_only_cli_writes_outputs_from_the_cache(tmp_path: Path, capsys: py
     for config, texts in answers.items():
         for key, text in zip((1, 2), texts):
             cache.put(config, key, dict(_fake_record(config, text), key=key))
+    # --dtype float32: the answers above are cached under float32's run id; auto picks bf16 on some CPUs
     argv = ["--data", str(data), "--member", "a", "--member", "b", "--configs", "a,b,specfuse", "--max-tokens", "16",
-            "--results", str(tmp_path / "results"), "--score-only", "--json", "--quiet"]  # fmt: skip
+            "--results", str(tmp_path / "results"), "--score-only", "--json", "--quiet", "--dtype", "float32"]  # fmt: skip
     assert quality.main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n"] == 2 and out["configs"][0]["prompt_strict"] == 1.0
@@ -340,8 +342,8 @@ def test_specfuse_eval_prints_the_paired_comparison(tmp_path: Path, capsys: pyte
                           "specfuse": ("Cats, nap.", "#1")}.items():  # fmt: skip
         for key, text in zip((1, 2), texts):
             cache.put(config, key, dict(_fake_record(config, text), key=key))
-    argv = ["eval", "--data", str(data), "--member", "a", "--member", "b", "--configs", "a,specfuse",
-            "--max-tokens", "16", "--results", str(tmp_path / "results"), "--score-only", "--quiet"]  # fmt: skip
+    argv = ["eval", "--data", str(data), "--member", "a", "--member", "b", "--configs", "a,specfuse", "--max-tokens",
+            "16", "--results", str(tmp_path / "results"), "--score-only", "--quiet", "--dtype", "float32"]  # fmt: skip
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "## Paired comparison against the best member (loose)" in out
