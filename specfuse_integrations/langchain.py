@@ -487,7 +487,9 @@ class _SpecFuseChatModel(BaseChatModel):
                 OpenAI tool dict (the result is a dict). May be ``None`` only with ``json_mode``.
             method: ``"json_schema"`` (default): the whole answer is decoded under the schema's
                 grammar; ``"function_calling"``: the schema becomes a tool the answer must call;
-                ``"json_mode"``: any JSON object (say in the prompt which keys you want).
+                ``"json_mode"``: a JSON object; with a ``schema`` the grammar enforces it too (an
+                object of the schema is JSON, and the parser needs one), without one any object
+                (say in the prompt which keys you want).
             include_raw: return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}``
                 instead of raising when parsing fails.
             strict: accepted for compatibility; the grammar always enforces the schema.
@@ -514,7 +516,7 @@ class _SpecFuseChatModel(BaseChatModel):
                 else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
             )
         elif method in ("json_schema", "json_mode"):
-            response_format = _response_format(schema, strict) if method == "json_schema" else {"type": "json_object"}
+            response_format = _response_format(schema, strict) if schema is not None else {"type": "json_object"}
             llm = self.bind(response_format=response_format, ls_structured_output_format=trace)
             parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
         else:

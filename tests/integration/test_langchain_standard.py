@@ -116,16 +116,6 @@ class TestSpecFuseChatModelUnit(_SpecFuseCapabilities, ChatModelUnitTests):
     # suite skips test_serdes.
 
 
-# Held back, still: test_json_mode keeps the settings it had (max_tokens 96, segment_tokens 8,
-# parallel_tool_calls False). On the standard parameters alone (2026-12-06) the default ensemble's
-# greedy answer loops inside the "setup" string ("It's like a superhero, but it's not as strong as a
-# superhero. It's like ...") until max_tokens=100 cuts it, and the JSON has no "punchline". Qwen alone
-# writes the same loop (SmolLM2 alone answers {"setup": {}, "punchline": {}}): it is a member's manners,
-# not the fusion's. JSON mode passes no schema, so the grammar cannot require the key. The structured-output tests (schema given)
-# pass on the standard parameters alone (9 passed), as every tool-calling test does.
-_JSON_ANSWER_TESTS = {"test_json_mode"}
-
-
 @pytest.mark.slow
 class TestSpecFuseChatModelIntegration(_SpecFuseCapabilities, ChatModelIntegrationTests):
     @property
@@ -133,11 +123,5 @@ class TestSpecFuseChatModelIntegration(_SpecFuseCapabilities, ChatModelIntegrati
         # The default ensemble (members=None) with the library's defaults and the suite's standard
         # parameters: temperature 0 and max_tokens 100, the values of its standard_chat_model_params
         # (the integration class's own are empty, which would leave drafts sampled at 0.6 and 512 tokens).
+        # No test has an override: every one runs on these parameters and the library's defaults.
         return {"temperature": 0, "max_tokens": 100}
-
-    @pytest.fixture
-    def model(self, request: pytest.FixtureRequest) -> SpecFuseChatModel:
-        params = {**self.standard_chat_model_params, **self.chat_model_params}
-        if request.node.originalname in _JSON_ANSWER_TESTS:
-            params.update({"max_tokens": 96, "segment_tokens": 8, "parallel_tool_calls": False})
-        return self.chat_model_class(**{**params, **(getattr(request, "param", None) or {})})

@@ -384,9 +384,12 @@ def test_with_structured_output(method, schema):
 def test_json_mode_and_include_raw():
     model = model_writing(json.dumps(JOKE))
     assert model.with_structured_output(None, method="json_mode").invoke("joke as JSON") == JOKE
+    session = model.get_ensemble().members[0].sessions[-1]
+    assert session.tools.response_schema == {} and not session.tools.tools  # any JSON object
     assert model.with_structured_output(Joke, method="json_mode").invoke("joke as JSON") == Joke(**JOKE)
     session = model.get_ensemble().members[0].sessions[-1]
-    assert session.tools.response_schema == {} and not session.tools.tools
+    # the parser needs a Joke: with the schema at hand the grammar enforces it, as in json_schema
+    assert session.tools.response_schema == convert_to_json_schema(Joke) and not session.tools.tools
     out = model.with_structured_output(Joke, include_raw=True).invoke("joke")
     assert out["parsed"] == Joke(**JOKE) and out["parsing_error"] is None and isinstance(out["raw"], AIMessage)
 
