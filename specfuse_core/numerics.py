@@ -1,11 +1,13 @@
-"""How local members compute: the dtype ``"auto"`` picks, and bfloat16 on CPU made exact per row.
+"""How local members compute: the dtype ``"auto"`` picks, and bfloat16 on CPU made exact where it can be.
 
 bfloat16 on CPU rounds a row's result differently depending on how the row is computed: SDPA
-attention changes with the padded length of a batch, and a matrix product of a single row takes a
-GEMV path whose summation order differs from the many-row path. Either makes a greedy answer depend
-on its batch neighbours and on whether the KV cache was used. Eager attention, and computing a single
-row as two (the second all zeros), give every row the same result whatever the batch, the padding or
-the cache (``tests/integration/test_dtype.py``). Scores are float32 in every dtype: logits are cast
+attention sums in another order over a cached prefix than in one pass, and a matrix product of a
+single row takes a GEMV path whose summation order differs from the many-row path. Eager attention,
+and computing a single row as two (the second all zeros), make a greedy answer the same with and
+without the KV cache. A left-padded batch of concurrent requests still sums attention in another
+order than the row alone (measured on Qwen2.5-Coder-0.5B: up to 0.19 in a logit unless the padding
+is a multiple of 16), so in bf16 a concurrent answer can part from the one alone at a near-tie vote;
+float32 keeps them equal (tests/batch_equality.py). Scores are float32 in every dtype: logits are cast
 to float32 before each log-softmax.
 """
 

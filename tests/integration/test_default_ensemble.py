@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from batch_equality import assert_answers_as_alone
 
 from specfuse_core import DEFAULT_MEMBERS, Ensemble, FusionConfig
 
@@ -38,11 +39,9 @@ def test_cache_and_no_cache_agree_on_a_longer_answer(ensemble):
     uncached = ensemble.generate(messages, segment_tokens=6, max_tokens=40, cache=False)
     assert cached.rounds >= 3
     assert any(not e.consensus for e in cached.trace), "needs competing candidates to mean anything"
-    assert cached.text == uncached.text
-    for x, y in zip(cached.trace, uncached.trace):
-        assert x.winners == y.winners
-        for row_x, row_y in zip(x.scores, y.scores):
-            assert row_x == pytest.approx(row_y, abs=1e-4)
+    # exact in float32; in bfloat16 exact on the CPUs measured (single rows go through the batch
+    # kernel), and held to the bf16 rule of tests/batch_equality.py on kernels that sum otherwise
+    assert_answers_as_alone(cached, uncached, ensemble.members[0].model.dtype)
 
 
 CALCULATOR = {
@@ -110,5 +109,5 @@ def test_concurrent_requests_share_batched_passes_and_answer_as_alone(ensemble):
         return await asyncio.gather(*(ensemble.agenerate(r, max_tokens=24) for r in requests))
 
     for one, other in zip(alone, asyncio.run(together())):
-        assert other.text == one.text
+        assert_answers_as_alone(one, other, ensemble.members[0].model.dtype)
     assert all(m.worker.stats.batched_passes > b for m, b in zip(ensemble.members, before))

@@ -120,3 +120,21 @@ def test_default_members_score_the_same_text_alike_in_both_dtypes(preset):
     differences = [abs(a - b) for a, b in zip(fp32, bf16, strict=True)]
     assert len(differences) > 30
     assert sum(differences) / len(differences) <= MEAN_TOLERANCE and max(differences) <= MAX_TOLERANCE, differences
+
+
+def test_the_bf16_rule_for_batched_answers_rejects_parting_at_a_clear_vote():
+    from types import SimpleNamespace
+
+    from batch_equality import assert_answers_as_alone
+
+    def answer(texts: list[str], totals: list[float]) -> SimpleNamespace:
+        rounds = [SimpleNamespace(text=t, totals=totals, winners=("a",), scores=[[0.5, 0.5]]) for t in texts]
+        return SimpleNamespace(text="".join(texts), trace=rounds)
+
+    alone_close, alone_clear = answer(["One", " two"], [0.52, 0.48]), answer(["One", " two"], [0.9, 0.1])
+    together = answer(["One", " three"], [0.5, 0.5])
+    assert_answers_as_alone(alone_close, together, torch.bfloat16)  # parted at a near-tie: rounding
+    with pytest.raises(AssertionError, match="parted at a clear vote"):
+        assert_answers_as_alone(alone_clear, together, torch.bfloat16)
+    with pytest.raises(AssertionError):
+        assert_answers_as_alone(alone_close, together, torch.float32)  # float32 must be exact
