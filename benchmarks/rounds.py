@@ -43,6 +43,13 @@ with torch's default thread count and again with one thread:
     the trace) and the default ensemble; the ratios specfuse-alone / llama.cpp. Both alone runs again
     on one thread (``n_threads=1``, ``torch.set_num_threads(1)``): on a shared machine a two-thread
     run waits for a busy core.
+
+``--part dtype``: the default dtype (issue #26), each run in its own subprocess, float32 and bfloat16:
+
+13. One answer of ``--max-tokens`` tokens with the default schedule: seconds, tokens/s, whether both dtypes
+    write the same text.
+14. 1, 4 and 8 concurrent greedy requests in each dtype (as in 7): throughput against one request at a
+    time in the same dtype, equality with alone, peak RSS, and bf16's throughput against fp32 alone.
 """
 
 from __future__ import annotations
@@ -467,9 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device")
     parser.add_argument("--dtype")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--part", choices=("cache", "schedule", "step", "anchor"), default="cache",
+    parser.add_argument("--part", choices=("cache", "schedule", "step", "anchor", "dtype"), default="cache",
                         help="cache: round cost and the KV cache (default); schedule: the scheduler; "
-                             "step: decode step vs the bandwidth bound; anchor: llama.cpp vs specfuse")  # fmt: skip
+                             "step: decode step vs the bandwidth bound; anchor: llama.cpp vs specfuse; "
+                             "dtype: float32 vs bfloat16 answers and concurrency")  # fmt: skip
     parser.add_argument("--resume", metavar="DIR", help="save each measurement in DIR and reuse the ones already there")
     parser.add_argument("--concurrent-tokens", type=int, default=48, help="--part schedule: tokens per concurrent answer")
     parser.add_argument("--step-reps", type=int, default=7, help="--part step: timed repetitions per decode step")
@@ -505,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         return step_report(args, specs)
     if args.part == "anchor":
         return anchor_report(args, specs)
+    if args.part == "dtype":
+        return dtype_report(args, specs)
     solos = [_spawn(["--child", "solo", "--spec", spec], args) for spec in specs]
     cached = _spawn(["--child", "ensemble"], args)
     uncached = _spawn(["--child", "ensemble", "--no-cache"], args)
@@ -569,7 +579,6 @@ def schedule_report(args: argparse.Namespace, specs: list[str]) -> int:
                      *(["--threads", str(threads[slowest["member"]])] if threads.get(slowest["member"]) else [])], args)  # fmt: skip
     L = args.segment_tokens
     bound = L / (L + 1) * slowest["tokens_per_s"]
-    alone = levels[1]["texts"]
     report = {
         "members": specs,
         "placements": new["placements"],
@@ -584,15 +593,7 @@ def schedule_report(args: argparse.Namespace, specs: list[str]) -> int:
         "solo_tokens_per_s_on_share": {s["member"]: s["tokens_per_s"] for s in solos},
         "parallel_bound_tokens_per_s": bound,
         "auto_over_bound": new["output_tokens"] / new["seconds"] / bound,
-        "concurrency": {
-            n: {"tokens_per_s": r["tokens_per_s"], "throughput_vs_1": r["tokens_per_s"] / levels[1]["tokens_per_s"],
-                "identical_to_alone": r["texts"] == alone[: len(r["texts"])],
-                "differences": [d for i, t in enumerate(r["rounds"])
-                                if (d := _first_difference(levels[1]["rounds"][i], t)) is not None],
-                "peak_rss_mb": r["peak_rss_mb"], "peak_rss_vs_1": r["peak_rss_mb"] / levels[1]["peak_rss_mb"],
-                "worker_stats": r["worker_stats"]}
-            for n, r in levels.items()
-        },
+        "concurrency": _concurrency_rows(levels),
         "batched_decode_step": kernel,
     }
     print(f"placements: {new['placements']}")
@@ -603,13 +604,62 @@ def schedule_report(args: argparse.Namespace, specs: list[str]) -> int:
     print(f"one core busy / idle: turns {report['busy_slowdown']['turns']:.2f}x, auto {report['busy_slowdown']['auto']:.2f}x")
     print(f"throughput auto {report['tokens_per_s']['auto']:.2f} tok/s vs parallel bound {bound:.2f} tok/s "
           f"(ratio {report['auto_over_bound']:.2f})")  # fmt: skip
-    for n, row in report["concurrency"].items():
-        print(f"{n} concurrent: {row['tokens_per_s']:.2f} tok/s ({row['throughput_vs_1']:.2f}x), identical to alone: "
-              f"{row['identical_to_alone']}, peak RSS {row['peak_rss_mb']:.0f} MB ({row['peak_rss_vs_1']:.2f}x)")  # fmt: skip
-        for difference in row["differences"]:
-            print(f"  differs: alone {difference['alone']}  together {difference['together']}")
+    _print_concurrency(report["concurrency"])
     gains = ", ".join(f"{b}: {kernel['step_ms'][b]:.0f} ms ({g:.2f}x)" for b, g in kernel["gain"].items())
     print(f"batched decode step of {kernel['member']} (most batching can gain): {gains}")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def _concurrency_rows(levels: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per concurrency level: throughput against one request at a time, equality with alone, peak RSS."""
+    alone = levels[1]
+    return {
+        n: {"tokens_per_s": r["tokens_per_s"], "throughput_vs_1": r["tokens_per_s"] / alone["tokens_per_s"],
+            "identical_to_alone": r["texts"] == alone["texts"][: len(r["texts"])],
+            "differences": [d for i, t in enumerate(r["rounds"])
+                            if (d := _first_difference(alone["rounds"][i], t)) is not None],
+            "peak_rss_mb": r["peak_rss_mb"], "peak_rss_vs_1": r["peak_rss_mb"] / alone["peak_rss_mb"],
+            "worker_stats": r["worker_stats"]}
+        for n, r in levels.items()
+    }  # fmt: skip
+
+
+def _print_concurrency(rows: dict[int, dict[str, Any]], label: str = "") -> None:
+    for n, row in rows.items():
+        print(f"{label}{n} concurrent: {row['tokens_per_s']:.2f} tok/s ({row['throughput_vs_1']:.2f}x), identical to "
+              f"alone: {row['identical_to_alone']}, peak RSS {row['peak_rss_mb']:.0f} MB ({row['peak_rss_vs_1']:.2f}x)")  # fmt: skip
+        for difference in row["differences"]:
+            print(f"  differs: alone {difference['alone']}  together {difference['together']}")
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def dtype_report(args: argparse.Namespace, specs: list[str]) -> int:
+    """``--part dtype``: items 13-14 of the module docstring."""
+    answers = {d: _spawn(["--child", "schedule", "--dtype", d], args) for d in DTYPES}
+    levels = {d: {n: _spawn(["--child", "concurrent", "--concurrency", str(n), "--dtype", d], args) for n in (1, 4, 8)}
+              for d in DTYPES}  # fmt: skip
+    fp32, bf16 = (answers[d] for d in DTYPES)
+    report = {
+        "members": specs,
+        "answer": {d: {"seconds": a["seconds"], "output_tokens": a["output_tokens"],
+                       "tokens_per_s": a["output_tokens"] / a["seconds"], "text": a["text"]}
+                   for d, a in answers.items()},
+        "bf16_speedup": fp32["seconds"] / bf16["seconds"],
+        "same_text": fp32["text"] == bf16["text"],
+        "concurrency": {d: _concurrency_rows(rows) for d, rows in levels.items()},
+        "bf16_vs_fp32_one_at_a_time": levels["bfloat16"][1]["tokens_per_s"] / levels["float32"][1]["tokens_per_s"],
+        "bf16_concurrent_vs_fp32_alone": {n: levels["bfloat16"][n]["tokens_per_s"] / levels["float32"][1]["tokens_per_s"]
+                                          for n in (4, 8)},
+    }  # fmt: skip
+    for d, a in report["answer"].items():
+        print(f"{d}: {a['output_tokens']} tokens in {a['seconds']:.1f} s ({a['tokens_per_s']:.2f} tok/s)")
+    print(f"bf16 speed-up {report['bf16_speedup']:.2f}x, same text: {report['same_text']}")
+    for d, rows in report["concurrency"].items():
+        _print_concurrency(rows, label=f"{d}: ")
     if args.json:
         print(json.dumps(report))
     return 0
