@@ -34,7 +34,7 @@ from . import kv_cache
 from .errors import ConfigError, ModelLoadError
 from .member import ContextWindowFull, Draft, Role, SamplingParams, TokenScores, role_flags
 from .messages import Message
-from .numerics import attention_for, bound_kernel_caches, make_rows_independent, needs_exact_rows, parse_dtype
+from .numerics import bound_kernel_caches, default_device, make_rows_independent, needs_exact_rows, parse_dtype
 from .prompting import NO_NATIVE_SUPPORT, ToolSupport, member_prompt, needs_tool_rendering, probe_tool_support
 from .scheduler import Worker, default_worker
 from .segments import common_prefix_length
@@ -84,22 +84,23 @@ class HFMember:
         self._can_draft, self._can_score = role_flags(role)
         if device is not None and device_map is not None:
             raise ConfigError("pass either device or device_map, not both")
-        wanted_device = device or ("cuda" if device_map is None and torch.cuda.is_available() else "cpu")
+        wanted_device = device or (default_device() if device_map is None else "cpu")
         if isinstance(model, (str, os.PathLike)):
             from .loading import load_model_and_tokenizer
 
             self.source = str(model)
             self.name = name or _name_from_source(self.source, gguf_file)
             chosen_dtype = parse_dtype(dtype, wanted_device)
+            exact_rows = device_map is None and needs_exact_rows(chosen_dtype, wanted_device)
             self.model, self.tokenizer = load_model_and_tokenizer(
                 self.source,
                 gguf_file=gguf_file,
                 dtype=chosen_dtype,
                 device=None if device_map is not None else wanted_device,
                 device_map=device_map,
-                attn_implementation=attention_for(chosen_dtype, wanted_device if device_map is None else "map"),
+                attn_implementation="eager" if exact_rows else None,
             )
-            if needs_exact_rows(chosen_dtype, str(next(self.model.parameters()).device)):
+            if exact_rows:
                 bound_kernel_caches()
                 make_rows_independent(self.model)
         else:

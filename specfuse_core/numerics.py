@@ -48,15 +48,15 @@ def parse_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return value
 
 
+def default_device() -> str:
+    """The device a local member loads on when none is given."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def needs_exact_rows(dtype: torch.dtype, device: str) -> bool:
-    """Whether a model in ``dtype`` on ``device`` needs eager attention and two-row products (bf16 on CPU)."""
+    """Whether a model in ``dtype`` on ``device`` needs eager attention (about as fast as SDPA for
+    decode steps) and two-row products: bf16 on CPU."""
     return dtype == torch.bfloat16 and device.startswith("cpu")
-
-
-def attention_for(dtype: torch.dtype, device: str) -> str | None:
-    """``"eager"`` where rows must be exact (about as fast as SDPA for decode steps), else transformers'
-    default (SDPA)."""
-    return "eager" if needs_exact_rows(dtype, device) else None
 
 
 KERNEL_CACHE_CAPACITY = "64"
@@ -77,9 +77,8 @@ def make_rows_independent(model: Any) -> None:
     """Compute every linear layer's single-row input as two rows, so that one row goes through the
     same kernel as a batch of rows (for bf16 on CPU the two cost about the same)."""
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and not getattr(module, "_specfuse_two_rows", False):
+        if isinstance(module, torch.nn.Linear):
             module.forward = _as_two_rows(module.forward)
-            module._specfuse_two_rows = True
 
 
 def _as_two_rows(forward: Any) -> Any:

@@ -1035,12 +1035,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m specfuse_eval
 
 def answer_dtype(args: argparse.Namespace) -> str:
     """The dtype local members compute in: ``--dtype``, else what ``dtype="auto"`` picks for ``--device``."""
-    import torch
+    from specfuse_core.numerics import default_device, parse_dtype
 
-    from specfuse_core.numerics import parse_dtype
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return str(parse_dtype(args.dtype, device)).removeprefix("torch.")
+    return str(parse_dtype(args.dtype, args.device or default_device())).removeprefix("torch.")
 
 
 def cache_dirnames(
