@@ -36,6 +36,7 @@ from .tools import (
     add_missing_call_tag,
     decides_tool_use,
     parse_tool_calls,
+    past_open_call,
     tool_action,
     tool_request,
 )
@@ -606,6 +607,10 @@ class _Request:
             self._round_notes.append(f"{name}: {cut}")
             text, ended = text[:valid], False
         if ended and not self.grammar.is_complete(accepted, text):
+            closing = self.grammar.forced(accepted + text)
+            if closing and self.grammar.is_complete(accepted, text + closing):
+                self._round_notes.append(f"{name}: draft ended before the text the grammar forces ({closing!r}); added")
+                return text + closing, True
             self._round_notes.append(f"{name}: draft ended where the grammar is incomplete; kept as a continuation")
             ended = False
         return text, ended
@@ -710,15 +715,21 @@ class _Request:
 
     def _call_decision(self, proposals: list[_Proposal], scorer_names: list[str]) -> _CallDecision:
         """Who settles a round about tool use (``tool_vote="native"``): one whose candidates disagree
-        on opening a call, or on what follows a finished call (end the turn, call again, write on).
-        The members whose own template shows the tools decide: when all of their drafts take the same
-        action, candidates taking another are not eligible; when they differ, only their scores vote.
-        Every other round: no restriction."""
-        if self.config.tool_vote != "native" or not self.tools.calls_tools or self.tools.choice != "auto":
+        on opening a call, or on what follows a finished call (end the turn, call again, write on),
+        also when every candidate first finishes the call that is open. The members whose own
+        template shows the tools decide: when all of their drafts take the same action, candidates
+        taking another are not eligible; when they differ, only their scores vote. Every other round
+        (and a named tool, or a single required call, where the grammar decides): no restriction."""
+        tools = self.tools
+        if self.config.tool_vote != "native" or not tools.calls_tools or tools.choice not in ("auto", "required"):
             return _CallDecision()
         accepted = self.text + self._forced
-        actions = [tool_action(accepted, p.text, p.ends) for p in proposals]
-        if not decides_tool_use(accepted, actions):
+        splits = [past_open_call(accepted, p.text) for p in proposals]
+        after_calls = [split for split in splits if split is not None]
+        if len(after_calls) < len(splits):
+            return _CallDecision()
+        actions = [tool_action(after, rest, p.ends) for (after, rest), p in zip(after_calls, proposals)]
+        if not decides_tool_use(after_calls[0][0], actions):
             return _CallDecision()
         question = f"tool use ({' / '.join(sorted(set(actions)))})"
         drafted = {actions[i] for i, p in enumerate(proposals) for name in p.drafters if self._native(name)}

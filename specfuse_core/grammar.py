@@ -137,6 +137,7 @@ class TokenVocabulary(_Vocabulary):
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Iterable[int]) -> None:
         lib = _require_library()
         self.vocab_size = vocab_size
+        self.stop_token_ids = tuple(sorted(stop_token_ids))
         super().__init__(
             lib.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids))
         )
@@ -291,20 +292,42 @@ class DraftConstraint:
         self.matcher = matcher
         self.mask = mask
         self.off = False
+        self._closing = ""
 
     def masked(self, logits: Any) -> Any:
-        """A copy of ``logits`` (1-D) where tokens the grammar forbids are ``-inf``."""
+        """A copy of ``logits`` (1-D) where tokens the grammar forbids are ``-inf``.
+
+        Where the grammar forces text that would complete the answer (a call's closing tag), the
+        end-of-turn tokens stay allowed: a member that would end here ends (the engine adds the forced
+        text) instead of spelling a tag it does not want and writing on."""
         if self.off or self.matcher.is_terminated():
             return logits
         start = time.perf_counter()
         self.matcher.fill_next_token_bitmask(self.mask)
         masked = logits.clone().unsqueeze(0)
         xgr.apply_token_bitmask_inplace(masked, self.mask.to(masked.device))
+        self._closing = self._implied_completion()
+        if self._closing:
+            stops = list(self.owner.vocabulary.stop_token_ids)
+            masked[0, stops] = logits[stops].to(masked.dtype)
         self.owner.seconds += time.perf_counter() - start
         return masked[0]
 
+    def _implied_completion(self) -> str:
+        """The forced text after which the answer may end, when there is one (else ``""``)."""
+        forced = str(self.matcher.find_jump_forward_string())
+        if not forced:
+            return ""
+        after = self.matcher.fork()
+        stops = self.owner.vocabulary.stop_token_ids
+        complete = after.accept_string(forced) and bool(stops) and after.accept_token(stops[0])
+        return forced if complete else ""
+
     def advance(self, token_id: int) -> None:
         start = time.perf_counter()
+        if self._closing and token_id in self.owner.vocabulary.stop_token_ids:
+            self.matcher.accept_string(self._closing)
         if not self.off and not self.matcher.is_terminated() and not self.matcher.accept_token(token_id):
             self.off = True  # cannot happen with a masked sample; never let it stop the draft
+        self._closing = ""
         self.owner.seconds += time.perf_counter() - start

@@ -193,6 +193,19 @@ def tool_action(accepted: str, segment: str, ends: bool) -> ToolAction:
     return "text"
 
 
+def past_open_call(accepted: str, segment: str) -> tuple[str, str] | None:
+    """``(accepted, segment)`` with the part of ``segment`` that closes the call ``accepted`` left
+    open moved to ``accepted``, so that what the rest does next can be told; ``None`` when the
+    segment does not close that call. Unchanged when ``accepted`` is outside any call."""
+    if not inside_call(accepted):
+        return accepted, segment
+    close = segment.find(CALL_CLOSE)
+    if close < 0:
+        return None
+    close += len(CALL_CLOSE)
+    return accepted + segment[:close], segment[close:]
+
+
 def decides_tool_use(accepted: str, actions: Sequence[ToolAction]) -> bool:
     """Whether candidates with these actions settle a question of tool use: whether to call (they
     disagree on opening a call), or what follows a finished call (end the turn, call again or write)."""

@@ -203,3 +203,32 @@ def test_cli_ask_with_tools_file(tiny_dirs, tmp_path, capsys):
     jsonschema.validate(json.loads(out["tool_calls"][0]["function"]["arguments"]), SCHEMAS["add"])
     assert main([*argv, "--tool-choice", "get_weather", "--temperature", "0"]) == 0
     assert "tool call call_" in capsys.readouterr().out
+
+
+def test_a_member_may_end_where_the_grammar_forces_only_the_closing_tag(ensemble):
+    # Real masks for a real tokenizer: the end token is allowed only where the text the grammar
+    # forces next completes the answer (after a call's arguments), never inside them.
+    import torch
+
+    from specfuse_core.grammar import TokenConstraint
+
+    member = ensemble.members[0]
+    vocabulary = member.grammar_vocab()
+    stops = list(vocabulary.stop_token_ids)
+    open_call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"'
+
+    def end_allowed(accepted: str) -> bool:
+        constraint = TokenConstraint(vocabulary, tool_request([WEATHER, ADD], "required"))
+        constraint.sync(accepted)
+        draft = constraint.start_draft()
+        masked = draft.masked(torch.zeros(vocabulary.vocab_size))
+        allowed = bool(torch.isfinite(masked[stops]).all())
+        if allowed:
+            draft.advance(stops[0])
+            assert draft.matcher.is_terminated() and not draft.off
+        return allowed
+
+    assert not end_allowed(open_call)  # '}' may follow, or whitespace: nothing is forced yet
+    assert not end_allowed('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par')
+    assert end_allowed(open_call + "}")  # forced: '}\n</tool_call>'
+    assert end_allowed(open_call + "}}\n")  # forced: '</tool_call>'

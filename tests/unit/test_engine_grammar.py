@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from scripted import ScriptedMember
 from specfuse_core import Ensemble, FusionConfig
 
@@ -34,6 +36,19 @@ def test_an_end_where_the_grammar_is_incomplete_becomes_a_continuation():
     assert result.text == '{"a": 3}'
     assert "kept as a continuation" in result.trace[0].notes[0]
     assert ensemble.open_sessions == 0
+
+
+def test_an_end_just_before_the_text_the_grammar_forces_ends_the_answer_with_that_text():
+    # A member that ends right after a call's arguments (its end token allowed there, as the local
+    # members' masks do) means the call's closing tag: it is added and the answer ends with one call.
+    tools = [{"type": "function", "function": {"name": "f", "parameters": SCHEMA}}]
+    caller = ScriptedMember("caller", drafts=[('"a": 1}}\n', True)])  # after the forced '...arguments": {'
+    ensemble = Ensemble([caller], FusionConfig(segment_tokens=50, max_tokens=50))
+    result = ensemble.generate([{"role": "user", "content": "a?"}], tools=tools, tool_choice="required")
+    assert result.text == CALL
+    assert result.finish_reason == "tool_calls"
+    assert [(c.name, c.arguments) for c in result.tool_calls] == [("f", {"a": 1})]
+    assert any("draft ended before the text the grammar forces ('</tool_call>'); added" in n for n in result.trace[0].notes)
 
 
 def test_drafts_all_cut_to_nothing_end_the_answer_unfinished_not_as_a_normal_stop():
@@ -165,6 +180,44 @@ def test_after_a_call_the_tool_trained_members_decide_whether_the_turn_ends():
     assert result.text == CALL and result.finish_reason == "tool_calls" and result.content == ""
     everyone = Ensemble([caller, talker], FusionConfig(segment_tokens=50, max_tokens=80, tool_vote="all"))
     assert everyone.generate(messages, tools=TOOLS).text == CALL + "\nThe weather is sunny."
+
+
+SECOND_CALL = '\n<tool_call>\n{"name": "f", "arguments": {"a": 2}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_what_follows_a_call_is_decided_also_when_the_candidates_first_close_it(choice):
+    # Round 1 leaves the call open; in round 2 both candidates close it, then the tool-trained
+    # member's ends the turn while the other's opens a second call and scores itself far higher.
+    # With required calls of the one tool the grammar forces the call up to its arguments' "{".
+    forced = CALL[: CALL.index('"a"')] if choice == "required" else ""
+    opened = CALL[len(forced) : CALL.index("1}")]
+    caller = ScriptedMember(
+        "caller", drafts=[(opened, False), ("1}}\n</tool_call>", True)], native_tools=True,
+        prob=lambda acc, text, ends: 0.6 if ends and "a\": 2" not in text else 0.5,
+    )  # fmt: skip
+    talker = ScriptedMember(
+        "talker", drafts=[(opened, False), ("1}}\n</tool_call>" + SECOND_CALL, True)],
+        prob=lambda acc, text, ends: 0.9 if "a\": 2" in text else 0.1,
+    )  # fmt: skip
+    messages = [{"role": "user", "content": "a?"}]
+    config = FusionConfig(segment_tokens=50, max_tokens=80)
+    result = Ensemble([caller, talker], config).generate(messages, tools=TOOLS, tool_choice=choice)
+    second = result.trace[1]
+    assert any("all drafted the end of the answer" in n for n in second.notes), second.notes
+    assert result.text == CALL and [c.arguments for c in result.tool_calls] == [{"a": 1}]
+    everyone = Ensemble([caller, talker], FusionConfig(segment_tokens=50, max_tokens=80, tool_vote="all"))
+    both = everyone.generate(messages, tools=TOOLS, tool_choice=choice)
+    assert [c.arguments for c in both.tool_calls] == [{"a": 1}, {"a": 2}]
+
+
+def test_past_open_call_moves_the_closing_part_of_a_candidate_to_the_accepted_text():
+    from specfuse_core.tools import past_open_call
+
+    opened = CALL[: CALL.index("1}")]
+    assert past_open_call(opened, "1}}\n</tool_call>\nDone.") == (CALL, "\nDone.")
+    assert past_open_call(opened, "1}") is None  # still inside the call
+    assert past_open_call(CALL + "\n", "Done.") == (CALL + "\n", "Done.")  # outside any call: unchanged
 
 
 def test_tool_actions_and_the_rounds_they_decide():
