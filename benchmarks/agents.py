@@ -4,6 +4,7 @@ docstring describes the tasks, the success rule and the failure modes. Run from 
 
     nice -n 10 .venv/bin/python -m benchmarks.agents --json   # every variant: 40 tasks (DEFAULT_LIMITS: fewer)
     .venv/bin/python -m benchmarks.agents --report-only       # the tables from the results file
+    nice -n 10 .venv/bin/python -m benchmarks.agents --first-turn --json   # one call with both tools bound
 
 The numbers are in ``benchmarks/README.md`` ("Agents"). The runner lives here, not in ``specfuse_eval``,
 because it drives the front doors (``specfuse_integrations``), which the evaluation harness never
@@ -29,6 +30,7 @@ from specfuse_eval.agents import (
     AgentTask,
     Call,
     failure_mode,
+    first_turn_failure,
     generate_tasks,
     load_results,
     markdown,
@@ -65,6 +67,7 @@ class Variant:
     return_direct: bool = False  # the calculator ends the loop with its result
     force_lookup: bool = False  # the first model call must call price_of (tool_choice)
     named_args: bool = False  # multiply(quantity, unit_price) instead of multiply(a, b)
+    first_turn: str | None = None  # only the first model call, with this tool_choice (no agent loop)
     description: str = ""
 
 
@@ -90,11 +93,19 @@ VARIANTS: dict[str, Variant] = {
                 force_lookup=True, named_args=True, description="lc-named with SmolLM2-135M alone"),
         Variant("lc-named-qwen", "langchain", NAMED_SYSTEM, members=(QWEN,), return_direct=True,
                 force_lookup=True, named_args=True, description="lc-named with Qwen2.5-Coder-0.5B alone"),
+        *[Variant(f"lc-first-{choice}{suffix}", "langchain", PLAIN_SYSTEM, members=members, first_turn=choice,
+                  description=f"one call: bind_tools(both tools, tool_choice={choice!r}).invoke(question){who}")
+          for choice in ("any", "auto")
+          for suffix, members, who in (("", None, ""), ("-qwen", (QWEN,), ", Qwen2.5-Coder-0.5B alone"),
+                                       ("-smollm2", (SMOL,), ", SmolLM2-135M alone"))],
     ]
 }  # fmt: skip
 DEFAULT_VARIANTS = ["lc-named", "lc-named-qwen", "lc-named-smollm2", "lc-readme", "lc-guarded", "li-named",
                     "lc-guarded-qwen", "lc-guarded-smollm2", "li-guarded", "lc-plain"]  # fmt: skip
 """Every variant, most important first (each chunk of tasks runs them in this order)."""
+FIRST_TURN_VARIANTS = [v for v in VARIANTS if VARIANTS[v].first_turn]
+"""One model call each (``--first-turn``), in a results file of their own."""
+FIRST_TURN_RESULTS = str(Path(DEFAULT_RESULTS).with_name("agents-first-turn.jsonl"))
 DEFAULT_LIMITS = {"li-guarded": 16, "lc-plain": 16}
 """The N of benchmarks/README.md (the variants not named here run all tasks): lc-plain runs to the
 recursion limit, ~7 minutes per 8 tasks on 2 CPU cores, and li-guarded is superseded by li-named."""
@@ -116,6 +127,7 @@ class Outcome:
     turns: int = 0
     seconds: float = 0.0
     error: str | None = None
+    first_turn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,6 +205,23 @@ async def run_langchain(variant: Variant, task: AgentTask) -> Outcome:
     return _outcome(variant, task, calls, answer, turns, seconds, error)
 
 
+async def run_first_turn(variant: Variant, task: AgentTask) -> Outcome:
+    """One model call with both tools bound: what a two-tool request gets, without an agent loop."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_core.tools import StructuredTool
+
+    price_fn, multiply_fn = task_functions(task, variant.named_args)
+    tools = [StructuredTool.from_function(price_fn), StructuredTool.from_function(multiply_fn)]
+    model = _model("langchain", variant.members).bind_tools(tools, tool_choice=variant.first_turn)
+    start = time.monotonic()
+    try:
+        message = await model.ainvoke([SystemMessage(variant.system), HumanMessage(task.question)])
+    except Exception as e:  # noqa: BLE001 - recorded as the task's failure
+        return _outcome(variant, task, [], None, 1, time.monotonic() - start, f"{type(e).__name__}: {e}"[:300])
+    calls = [Call(c["name"], dict(c["args"])) for c in message.tool_calls]
+    return _outcome(variant, task, calls, message.text, 1, time.monotonic() - start, None)
+
+
 async def run_llama_index(variant: Variant, task: AgentTask) -> Outcome:
     from llama_index.core.agent.workflow import FunctionAgent, ToolCallResult
     from llama_index.core.tools import FunctionTool
@@ -225,11 +254,17 @@ async def run_llama_index(variant: Variant, task: AgentTask) -> Outcome:
 
 def _outcome(variant: Variant, task: AgentTask, calls: list[Call], answer: str | None, turns: int,
              seconds: float, error: str | None) -> Outcome:  # fmt: skip
-    mode = failure_mode(task, calls, answer, error)
-    return Outcome(variant.name, task.id, mode is None, mode, answer, calls, turns, round(seconds, 1), error)
+    if variant.first_turn:
+        mode = "error" if error else first_turn_failure(task, calls)
+    else:
+        mode = failure_mode(task, calls, answer, error)
+    return Outcome(variant.name, task.id, mode is None, mode, answer, calls, turns, round(seconds, 1), error,
+                   first_turn=variant.first_turn is not None)  # fmt: skip
 
 
 async def run_task(variant: Variant, task: AgentTask) -> Outcome:
+    if variant.first_turn:
+        return await run_first_turn(variant, task)
     if variant.framework == "langchain":
         return await run_langchain(variant, task)
     return await run_llama_index(variant, task)
@@ -276,7 +311,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--chunk", type=int, default=8, help="tasks per round: each round runs every variant on its tasks (default 8)"
     )
-    parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"JSONL file (default {DEFAULT_RESULTS})")
+    parser.add_argument(
+        "--first-turn", action="store_true",
+        help=f"run the first-turn variants ({', '.join(FIRST_TURN_VARIANTS)}) instead, into {FIRST_TURN_RESULTS}",
+    )
+    parser.add_argument("--results", default=None, help=f"JSONL file (default {DEFAULT_RESULTS})")
     parser.add_argument("--report-only", action="store_true", help="summarize the results file, run nothing")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
     return parser  # fmt: skip
@@ -285,12 +324,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     tasks = generate_tasks(args.tasks, args.seed)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants = FIRST_TURN_VARIANTS if args.first_turn else [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
     limits = {**DEFAULT_LIMITS, **{k: int(v) for k, v in (p.split("=") for p in args.limit.split(",") if p.strip())}}
-    path = Path(args.results)
+    path = Path(args.results or (FIRST_TURN_RESULTS if args.first_turn else DEFAULT_RESULTS))
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:

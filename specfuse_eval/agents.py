@@ -43,6 +43,11 @@ Variants (``VARIANTS`` in ``benchmarks/agents.py``): ``lc-plain`` (``create_agen
 (LlamaIndex ``FunctionAgent`` with ``initial_tool_choice="price_of"``, the same prompt and tools), and
 ``lc-guarded-*`` / ``lc-named-*`` with one member alone (``SpecFuseChatModel(members=[...])``).
 
+First-turn variants (``lc-first-*``) measure one model call, not a loop: ``bind_tools`` with both
+tools and ``tool_choice="any"`` or ``"auto"``, the plain prompt and the task's question; success is
+exactly one ``price_of`` call naming the item (:func:`first_turn_failure`). They count the spurious
+second calls (``extra_call``) that a two-tool request can get.
+
 Results are appended to a JSONL file (``--results``, default ``benchmarks/results/agents.jsonl``), one
 line per (variant, task id); a re-run skips the pairs already there, so an interrupted run resumes.
 Tasks run a few at a time (``--concurrency``) so that the ensemble's engine batches their requests.
@@ -243,6 +248,23 @@ def failure_mode(task: AgentTask, calls: Sequence[Call], answer: str | None, err
     return "missing_total"
 
 
+def first_turn_failure(task: AgentTask, calls: Sequence[Call]) -> str | None:
+    """The first model turn alone, with both tools offered: ``None`` when it is exactly one ``price_of``
+    call naming the item asked for (singular or plural), else ``no_tool_call``, ``extra_call`` (more
+    than one call: the calculator called before any price is known, or a second lookup),
+    ``skipped_lookup`` (one call, not to ``price_of``) or ``wrong_lookup`` (the wrong item)."""
+    if not calls:
+        return "no_tool_call"
+    if len(calls) > 1:
+        return "extra_call"
+    (call,) = calls
+    if call.name != "price_of":
+        return "skipped_lookup"
+    if str(call.args.get("item", "")).strip().lower() not in {task.item, plural(task.item)}:
+        return "wrong_lookup"
+    return None
+
+
 def _ints(args: dict[str, Any]) -> list[int]:
     out = []
     for value in args.values():
@@ -268,7 +290,10 @@ def load_results(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 def rescore(row: dict[str, Any], task: AgentTask) -> dict[str, Any]:
     calls = [Call(c["name"], dict(c["args"]), c.get("result")) for c in row.get("calls", [])]
-    mode = failure_mode(task, calls, row.get("answer"), row.get("error"))
+    if row.get("first_turn"):
+        mode = "error" if row.get("error") else first_turn_failure(task, calls)
+    else:
+        mode = failure_mode(task, calls, row.get("answer"), row.get("error"))
     return {**row, "success": mode is None, "mode": mode}
 
 

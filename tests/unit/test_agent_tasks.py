@@ -112,3 +112,19 @@ def test_summary_pairs_variants_on_common_tasks(tmp_path, capsys) -> None:
     assert pair["mcnemar_p"] == 0.5
     assert main(["--tasks", "4", "--variants", "lc-guarded,lc-readme", "--results", str(path), "--report-only"]) == 0
     assert "| lc-guarded | 4 | 3 | 75%" in capsys.readouterr().out
+
+
+def test_first_turn_failure_wants_exactly_one_lookup_of_the_item() -> None:
+    from specfuse_eval.agents import first_turn_failure, rescore
+
+    task = next(t for t in generate_tasks(40) if t.known)
+    lookup_call = Call("price_of", {"item": task.item})
+    assert first_turn_failure(task, [lookup_call]) is None
+    assert first_turn_failure(task, [Call("price_of", {"item": task.item.upper() + "S"})]) is None
+    assert first_turn_failure(task, []) == "no_tool_call"
+    assert first_turn_failure(task, [lookup_call, Call("multiply", {"a": task.quantity, "b": 1})]) == "extra_call"
+    assert first_turn_failure(task, [Call("multiply", {"a": 2, "b": 3})]) == "skipped_lookup"
+    assert first_turn_failure(task, [Call("price_of", {"item": str(task.quantity)})]) == "wrong_lookup"
+    row = {"variant": "lc-first-any", "task": task.id, "calls": [{"name": "price_of", "args": {"item": "x"}}],
+           "answer": "", "error": None, "first_turn": True, "seconds": 1.0}  # fmt: skip
+    assert rescore(row, task)["mode"] == "wrong_lookup"  # not the agent loop's scorer
