@@ -35,6 +35,7 @@ from .tools import (
     ToolRequest,
     add_missing_call_tag,
     decides_tool_use,
+    inside_call,
     parse_tool_calls,
     past_open_call,
     tool_action,
@@ -716,7 +717,8 @@ class _Request:
     def _call_decision(self, proposals: list[_Proposal], scorer_names: list[str]) -> _CallDecision:
         """Who settles a round about tool use (``tool_vote="native"``): one whose candidates disagree
         on opening a call, or on what follows a finished call (end the turn, call again, write on),
-        also when every candidate first finishes the call that is open. The members whose own
+        also when every candidate first finishes the call that is open (a candidate that stops just
+        before the call's forced closing tag counts as closing it and going on). The members whose own
         template shows the tools decide: when all of their drafts take the same action, candidates
         taking another are not eligible; when they differ, only their scores vote. Every other round
         (and a named tool, or a single required call, where the grammar decides): no restriction."""
@@ -724,7 +726,7 @@ class _Request:
         if self.config.tool_vote != "native" or not tools.calls_tools or tools.choice not in ("auto", "required"):
             return _CallDecision()
         accepted = self.text + self._forced
-        splits = [past_open_call(accepted, p.text) for p in proposals]
+        splits = [past_open_call(accepted, self._with_forced_closing(accepted, p)) for p in proposals]
         after_calls = [split for split in splits if split is not None]
         if len(after_calls) < len(splits):
             return _CallDecision()
@@ -744,6 +746,12 @@ class _Request:
         note = f"voted by the members whose templates show the tools ({', '.join(native)})"
         self._round_notes.append(f"{question}: {note}")
         return _CallDecision(voters=native)
+
+    def _with_forced_closing(self, accepted: str, proposal: _Proposal) -> str:
+        """A candidate that would continue inside the open call, with the text the grammar forces after it."""
+        if self.grammar is None or proposal.ends or not inside_call(accepted + proposal.text):
+            return proposal.text
+        return proposal.text + self.grammar.forced(accepted + proposal.text)
 
     def _native(self, name: str) -> bool:
         session = self.sessions.get(name)

@@ -211,6 +211,24 @@ def test_what_follows_a_call_is_decided_also_when_the_candidates_first_close_it(
     assert [c.arguments for c in both.tool_calls] == [{"a": 1}, {"a": 2}]
 
 
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_a_candidate_stopping_before_the_forced_closing_tag_does_not_outvote_the_end(choice):
+    # The other member's draft stops right before the call's closing tag (its budget, say): it counts
+    # as closing the call and going on, so the tool-trained member's end of the turn decides.
+    forced = CALL[: CALL.index('"a"')] if choice == "required" else ""
+    opened = CALL[len(forced) : CALL.index("1}")]
+    caller = ScriptedMember("caller", drafts=[(opened, False), ("1}}\n</tool_call>", True)], native_tools=True)
+    talker = ScriptedMember(
+        "talker", drafts=[(opened, False), ("1}}\n", False), (SECOND_CALL, True)],
+        prob=lambda acc, text, ends: 0.1 if ends else 0.9,
+    )  # fmt: skip
+    result = Ensemble([caller, talker], FusionConfig(segment_tokens=50, max_tokens=80)).generate(
+        [{"role": "user", "content": "a?"}], tools=TOOLS, tool_choice=choice
+    )
+    assert any("all drafted the end of the answer" in n for n in result.trace[1].notes), result.trace[1].notes
+    assert result.text == CALL and len(result.tool_calls) == 1
+
+
 def test_past_open_call_moves_the_closing_part_of_a_candidate_to_the_accepted_text():
     from specfuse_core.tools import past_open_call
 
