@@ -169,3 +169,18 @@ def test_create_agent_answers_with_both_tools(llm: SpecFuseChatModel) -> None:
 @TWO_TOOL_TASK_TOO_HARD
 def test_langgraph_prebuilt_agent_answers_with_both_tools(llm: SpecFuseChatModel) -> None:
     run_and_check_two_tool_answer(create_langgraph_agent(llm, [price_of, multiply]))
+
+
+@pytest.mark.parametrize(
+    "question, item",
+    [("What does one cherry cost?", "cherry"), ("I need 7 bananas. How many cents is that in total?", "banana")],
+)
+def test_two_tools_bound_with_any_give_one_lookup_and_no_second_call(question: str, item: str) -> None:
+    # The library's defaults and the standard parameters only. Before the end after a call's
+    # arguments was allowed, the ensemble added a second call here (multiply(a=1, b=2), multiply(7, 1)).
+    bound = SpecFuseChatModel(temperature=0).bind_tools([price_of, multiply], tool_choice="any")
+    message = bound.invoke([HumanMessage(question)])
+    calls = [(c["name"], c["args"]) for c in message.tool_calls]
+    assert len(calls) == 1 and not message.invalid_tool_calls, calls
+    name, args = calls[0]
+    assert name == "price_of" and str(args.get("item", "")).strip().lower().removesuffix("s") == item, calls
