@@ -170,7 +170,7 @@ def child_concurrent(args: argparse.Namespace) -> dict[str, Any]:
     from specfuse_core import Ensemble, FusionConfig
 
     config = FusionConfig(temperature=0, segment_tokens=args.segment_tokens, max_tokens=args.concurrent_tokens)
-    ensemble = Ensemble.from_specs(args.member, config, **_member_options(args))
+    ensemble = Ensemble.from_specs(args.member, config, schedule=args.schedule, **_member_options(args))
     # Alone (concurrency 1), every prompt is answered once, one after another: the reference for all levels.
     count = len(CONCURRENT_PROMPTS) if args.concurrency == 1 else args.concurrency
     prompts = [[{"role": "user", "content": p}] for p in CONCURRENT_PROMPTS[:count]]
