@@ -29,11 +29,10 @@ from specfuse_eval.agents import (
     SEED,
     AgentTask,
     Call,
-    failure_mode,
-    first_turn_failure,
     generate_tasks,
     load_results,
     markdown,
+    outcome_mode,
     summarize,
     task_functions,
 )
@@ -254,10 +253,7 @@ async def run_llama_index(variant: Variant, task: AgentTask) -> Outcome:
 
 def _outcome(variant: Variant, task: AgentTask, calls: list[Call], answer: str | None, turns: int,
              seconds: float, error: str | None) -> Outcome:  # fmt: skip
-    if variant.first_turn:
-        mode = "error" if error else first_turn_failure(task, calls)
-    else:
-        mode = failure_mode(task, calls, answer, error)
+    mode = outcome_mode(task, calls, answer, error, variant.first_turn is not None)
     return Outcome(variant.name, task.id, mode is None, mode, answer, calls, turns, round(seconds, 1), error,
                    first_turn=variant.first_turn is not None)  # fmt: skip
 

@@ -139,7 +139,7 @@ class TokenVocabulary(_Vocabulary):
         self.vocab_size = vocab_size
         self.stop_token_ids = tuple(sorted(stop_token_ids))
         super().__init__(
-            lib.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids))
+            lib.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=list(self.stop_token_ids))
         )
 
     @classmethod
@@ -292,7 +292,6 @@ class DraftConstraint:
         self.matcher = matcher
         self.mask = mask
         self.off = False
-        self._closing = ""
 
     def masked(self, logits: Any) -> Any:
         """A copy of ``logits`` (1-D) where tokens the grammar forbids are ``-inf``.
@@ -306,8 +305,7 @@ class DraftConstraint:
         self.matcher.fill_next_token_bitmask(self.mask)
         masked = logits.clone().unsqueeze(0)
         xgr.apply_token_bitmask_inplace(masked, self.mask.to(masked.device))
-        self._closing = self._implied_completion()
-        if self._closing:
+        if self._implied_completion():
             stops = list(self.owner.vocabulary.stop_token_ids)
             masked[0, stops] = logits[stops].to(masked.dtype)
         self.owner.seconds += time.perf_counter() - start
@@ -325,9 +323,8 @@ class DraftConstraint:
 
     def advance(self, token_id: int) -> None:
         start = time.perf_counter()
-        if self._closing and token_id in self.owner.vocabulary.stop_token_ids:
-            self.matcher.accept_string(self._closing)
         if not self.off and not self.matcher.is_terminated() and not self.matcher.accept_token(token_id):
-            self.off = True  # cannot happen with a masked sample; never let it stop the draft
-        self._closing = ""
+            closing = self._implied_completion() if token_id in self.owner.vocabulary.stop_token_ids else ""
+            if not (closing and self.matcher.accept_string(closing) and self.matcher.accept_token(token_id)):
+                self.off = True  # cannot happen with a masked sample; never let it stop the draft
         self.owner.seconds += time.perf_counter() - start

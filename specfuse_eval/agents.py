@@ -288,12 +288,18 @@ def load_results(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return done
 
 
+def outcome_mode(task: AgentTask, calls: Sequence[Call], answer: str | None, error: str | None,
+                 first_turn: bool = False) -> str | None:  # fmt: skip
+    """A run's failure mode (``None``: success): :func:`first_turn_failure` for a first-turn run (an
+    error is ``"error"``), else :func:`failure_mode`."""
+    if first_turn:
+        return "error" if error else first_turn_failure(task, calls)
+    return failure_mode(task, calls, answer, error)
+
+
 def rescore(row: dict[str, Any], task: AgentTask) -> dict[str, Any]:
     calls = [Call(c["name"], dict(c["args"]), c.get("result")) for c in row.get("calls", [])]
-    if row.get("first_turn"):
-        mode = "error" if row.get("error") else first_turn_failure(task, calls)
-    else:
-        mode = failure_mode(task, calls, row.get("answer"), row.get("error"))
+    mode = outcome_mode(task, calls, row.get("answer"), row.get("error"), bool(row.get("first_turn")))
     return {**row, "success": mode is None, "mode": mode}
 
 
