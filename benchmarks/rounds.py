@@ -235,12 +235,14 @@ def _step_ids(tokenizer: Any) -> list[int]:
 
 
 def _weight_bytes(model: Any) -> int:
-    """Bytes a decode step reads at least: every parameter once (tied tensors once), less an input
-    embedding table that is not also the output layer (a step reads one row of it)."""
-    unique = {id(p): p for p in model.parameters()}
-    total = sum(p.numel() * p.element_size() for p in unique.values())
-    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    if embed.data_ptr() != head.data_ptr():
+    """Bytes a decode step reads at least: every weight once (tied tensors once, a prepacked weight
+    in its packed copy), less an input embedding table that is not also the output layer (a step
+    reads one row of it)."""
+    tensors = {id(p): p for p in model.parameters()}
+    tensors.update({id(b): b for name, b in model.named_buffers() if name.endswith("packed_weight")})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    embed, head = model.get_input_embeddings().weight, getattr(model.get_output_embeddings(), "weight", None)
+    if head is None or embed.data_ptr() != head.data_ptr():
         total -= embed.numel() * embed.element_size()
     return total
 

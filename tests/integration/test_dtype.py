@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from specfuse_core import ConfigError, HFMember
-from specfuse_core.numerics import KERNEL_CACHE_CAPACITY, cpu_has_native_bf16, default_dtype
+from specfuse_core.numerics import (
+    KERNEL_CACHE_CAPACITY,
+    PackedLinear,
+    cpu_has_native_bf16,
+    default_dtype,
+    packed_linear_available,
+)
 from specfuse_core.member import SamplingParams
 
 MESSAGES = [{"role": "user", "content": "Where is Paris?"}]
@@ -92,6 +98,35 @@ def test_bfloat16_scores_are_float32_log_softmax_of_the_logits(tiny_dirs):
         assert list(got.logprobs) == pytest.approx(in_float32.tolist(), abs=1e-5)
         # what a bf16 log-softmax would have given is far outside that tolerance: the check can fail
         assert max(abs(a - b) for a, b in zip(got.logprobs, in_bfloat16.float().tolist())) > 1e-3
+
+
+def test_bfloat16_members_on_cpu_keep_their_linear_weights_prepacked(tiny_dirs):
+    packed = HFMember(str(tiny_dirs[0]), dtype="bfloat16", device="cpu").model
+    plain = HFMember(str(tiny_dirs[0]), dtype="float32", device="cpu").model
+    linears = [m for m in packed.modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
+    assert linears and all(isinstance(m, PackedLinear) for m in linears) is packed_linear_available()
+    assert not any(isinstance(m, PackedLinear) for m in plain.modules())  # float32 keeps torch's layers
+    ids = torch.tensor([[5, 17, 42, 8, 99, 3]])
+    with torch.inference_mode():
+        got = packed(ids).logits.float()
+        expected = plain.to(torch.bfloat16)(ids).logits.float()  # the same weights, unpacked
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+@pytest.mark.skipif(not packed_linear_available(), reason="this torch build has no oneDNN")
+def test_a_packed_row_is_the_same_alone_and_in_any_batch():
+    torch.manual_seed(0)
+    # 1536 -> 576 is SmolLM2's down projection: one row on its own would round differently from the
+    # same row in a batch of 18 or more, so fewer than PACKED_MIN_ROWS rows are padded up to it.
+    linear = torch.nn.Linear(1536, 576, dtype=torch.bfloat16)
+    layer, rows = PackedLinear(linear), torch.randn(40, 1536, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        alone = torch.cat([layer(rows[i : i + 1]) for i in range(len(rows))])
+        for count in range(2, len(rows) + 1):
+            assert torch.equal(layer(rows[:count]), alone[:count]), count
+        assert torch.equal(layer(rows[None, :3])[0], alone[:3])  # (batch, positions, features) too
+        assert torch.equal(layer(rows[0]), alone[0])  # and one unbatched row
+        assert torch.allclose(alone.float(), linear(rows).float(), atol=0.05)
 
 
 BREAD = (
