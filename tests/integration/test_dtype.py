@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from specfuse_core import ConfigError, HFMember
+from specfuse_core.member import SamplingParams
 from specfuse_core.numerics import (
     KERNEL_CACHE_CAPACITY,
     PackedLinear,
@@ -20,7 +21,6 @@ from specfuse_core.numerics import (
     default_dtype,
     packed_linear_available,
 )
-from specfuse_core.member import SamplingParams
 
 MESSAGES = [{"role": "user", "content": "Where is Paris?"}]
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0, seed=None)
