@@ -34,7 +34,14 @@ from . import kv_cache
 from .errors import ConfigError, ModelLoadError
 from .member import ContextWindowFull, Draft, Role, SamplingParams, TokenScores, role_flags
 from .messages import Message
-from .numerics import bound_kernel_caches, default_device, make_rows_independent, needs_exact_rows, parse_dtype
+from .numerics import (
+    bound_kernel_caches,
+    default_device,
+    make_rows_independent,
+    needs_exact_rows,
+    packs_linear_layers,
+    parse_dtype,
+)
 from .prompting import NO_NATIVE_SUPPORT, ToolSupport, member_prompt, needs_tool_rendering, probe_tool_support
 from .scheduler import Worker, default_worker
 from .segments import common_prefix_length
@@ -100,7 +107,7 @@ class HFMember:
                 device_map=device_map,
                 attn_implementation="eager" if exact_rows else None,
             )
-            if exact_rows:
+            if device_map is None and packs_linear_layers(chosen_dtype, wanted_device):
                 bound_kernel_caches()
                 make_rows_independent(self.model)
         else:

@@ -55,36 +55,47 @@ def default_device() -> str:
 
 def needs_exact_rows(dtype: torch.dtype, device: str) -> bool:
     """Whether a model in ``dtype`` on ``device`` needs eager attention (about as fast as SDPA for
-    decode steps) and two-row products: bf16 on CPU."""
+    decode steps) and batch-independent products: bf16 on CPU."""
     return dtype == torch.bfloat16 and device.startswith("cpu")
+
+
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+"""The dtypes whose linear layers a CPU member keeps prepacked (:class:`PackedLinear`)."""
+
+
+def packs_linear_layers(dtype: torch.dtype, device: str) -> bool:
+    """Whether a model in ``dtype`` on ``device`` gets :func:`make_rows_independent`: float32 and
+    bfloat16 on CPU."""
+    return dtype in PACKED_DTYPES and device.startswith("cpu")
 
 
 KERNEL_CACHE_CAPACITY = "64"
 """Entries in each of oneDNN's per-shape kernel caches (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, and
-ideep's ``LRU_CACHE_CAPACITY`` inside torch); both default to 1024. A bf16 kernel is cached per
-shape, and prompt lengths vary from request to request, so at 1024 a server's memory grew for
+ideep's ``LRU_CACHE_CAPACITY`` inside torch); both default to 1024. A oneDNN kernel (every
+:class:`PackedLinear` product) is cached per shape, and prompt lengths vary from request to request, so at 1024 a server's memory grew for
 hundreds of requests (+40% over 600 requests of two tiny members); at 64 it stays flat (+0.4%)."""
 
 
 def bound_kernel_caches() -> None:
     """Give oneDNN's kernel caches :data:`KERNEL_CACHE_CAPACITY` entries unless the environment sets
-    them. They read the variables when the first bf16 kernel runs, so call this before that."""
+    them. They read the variables when the first oneDNN kernel runs, so call this before that."""
     for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
         os.environ.setdefault(name, KERNEL_CACHE_CAPACITY)
 
 
 def make_rows_independent(model: Any) -> None:
-    """Make every linear layer's result for a row independent of the batch the row is in: a bf16
-    layer on CPU becomes a :class:`PackedLinear` where torch has oneDNN; any other computes a
-    single-row input as two rows, so that one row goes through the same kernel as a batch of rows."""
+    """Make every float32 or bfloat16 linear layer's result for a row independent of the batch the
+    row is in, and faster: on CPU, where torch has oneDNN, each becomes a :class:`PackedLinear`.
+    Without oneDNN a bf16 layer computes a single-row input as two rows instead, so that one row goes
+    through the same kernel as a batch of rows (float32 layers stay as they are)."""
     packing = packed_linear_available()
     for name, module in list(model.named_modules()):
-        if not isinstance(module, torch.nn.Linear):
+        if not isinstance(module, torch.nn.Linear) or module.weight.device.type != "cpu":
             continue
-        if packing and module.weight.dtype == torch.bfloat16 and module.weight.device.type == "cpu":
+        if packing and module.weight.dtype in PACKED_DTYPES:
             parent_name, _, child_name = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child_name, PackedLinear(module))
-        else:
+        elif module.weight.dtype == torch.bfloat16:
             module.forward = _as_two_rows(module.forward)
 
 
@@ -94,14 +105,18 @@ def packed_linear_available() -> bool:
 
 
 class PackedLinear(torch.nn.Module):
-    """A bfloat16 linear layer on CPU whose weight is stored once in oneDNN's blocked layout.
+    """A float32 or bfloat16 linear layer on CPU whose weight is stored once in oneDNN's blocked layout.
 
     ``torch.nn.Linear`` hands oneDNN the plain (row-major) weight on every call, and its bf16 kernel
-    reads that layout at about half the speed of the blocked one it is reordered into here, once.
+    reads that layout at about half the speed of the blocked one it is reordered into here, once
+    (float32 products go to MKL, which gains less: Qwen2.5-Coder-0.5B's one-thread step 1.2×, a
+    batch of 8 rows 1.9×).
     Fewer than :data:`PACKED_MIN_ROWS` rows are padded with zero rows up to it: one row alone takes
     another kernel path for some shapes, which rounds differently from the same row in a batch, and
-    four rows read the weights faster than one or two (a decode step of Qwen2.5-Coder-0.5B: 66 ms
-    with four, 88 ms with two, on one thread). Every row's result is independent of the batch it is in.
+    four rows read the weights faster than one or two (a bf16 decode step of Qwen2.5-Coder-0.5B: 66
+    ms with four, 88 ms with two, on one thread). Every row's result is independent of the batch it
+    is in, in both dtypes (torch's float32 ``nn.Linear`` rounds a row alone differently from the
+    same row in a batch).
     The layer replaces the original module; a weight tied to the input embedding stays there too, so a
     tied output layer costs its size once more in memory.
     """

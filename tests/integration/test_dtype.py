@@ -59,12 +59,12 @@ def test_a_dtype_the_user_sets_wins_over_the_cpu(monkeypatch, tiny_dirs):
         HFMember(str(tiny_dirs[0]), dtype="float33")
 
 
-def test_bfloat16_on_cpu_bounds_onednns_kernel_caches_unless_the_user_did(monkeypatch, tiny_dirs):
+def test_cpu_members_bound_onednns_kernel_caches_unless_the_user_did(monkeypatch, tiny_dirs):
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")
+    HFMember(str(tiny_dirs[0]), dtype="float16")
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ  # float16 is not packed: no oneDNN kernels
     HFMember(str(tiny_dirs[0]), dtype="float32")
-    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ  # float32 leaves the environment alone
-    HFMember(str(tiny_dirs[0]), dtype="bfloat16")
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == KERNEL_CACHE_CAPACITY
     assert os.environ["LRU_CACHE_CAPACITY"] == "7"
 
@@ -100,26 +100,29 @@ def test_bfloat16_scores_are_float32_log_softmax_of_the_logits(tiny_dirs):
         assert max(abs(a - b) for a, b in zip(got.logprobs, in_bfloat16.float().tolist())) > 1e-3
 
 
-def test_bfloat16_members_on_cpu_keep_their_linear_weights_prepacked(tiny_dirs):
-    packed = HFMember(str(tiny_dirs[0]), dtype="bfloat16", device="cpu").model
-    plain = HFMember(str(tiny_dirs[0]), dtype="float32", device="cpu").model
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_members_keep_their_linear_weights_prepacked(tiny_dirs, dtype):
+    packed = HFMember(str(tiny_dirs[0]), dtype=dtype, device="cpu").model
+    plain = HFMember(str(tiny_dirs[0]), dtype="float16", device="cpu").model.to(dtype)  # the same weights
     linears = [m for m in packed.modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
     assert linears and all(isinstance(m, PackedLinear) for m in linears) is packed_linear_available()
-    assert not any(isinstance(m, PackedLinear) for m in plain.modules())  # float32 keeps torch's layers
+    assert not any(isinstance(m, PackedLinear) for m in plain.modules())  # float16 keeps torch's layers
     ids = torch.tensor([[5, 17, 42, 8, 99, 3]])
     with torch.inference_mode():
         got = packed(ids).logits.float()
-        expected = plain.to(torch.bfloat16)(ids).logits.float()  # the same weights, unpacked
+        expected = plain(ids).logits.float()
     assert (got - expected).abs().max() < 0.05 * expected.abs().max()
 
 
 @pytest.mark.skipif(not packed_linear_available(), reason="this torch build has no oneDNN")
-def test_a_packed_row_is_the_same_alone_and_in_any_batch():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_row_is_the_same_alone_and_in_any_batch(dtype):
     torch.manual_seed(0)
-    # 1536 -> 576 is SmolLM2's down projection: one row on its own would round differently from the
-    # same row in a batch of 18 or more, so fewer than PACKED_MIN_ROWS rows are padded up to it.
-    linear = torch.nn.Linear(1536, 576, dtype=torch.bfloat16)
-    layer, rows = PackedLinear(linear), torch.randn(40, 1536, dtype=torch.bfloat16)
+    # 1536 -> 576 is SmolLM2's down projection: one bf16 row on its own would round differently from
+    # the same row in a batch of 18 or more (a float32 one from any batch), so fewer than
+    # PACKED_MIN_ROWS rows are padded up to it.
+    linear = torch.nn.Linear(1536, 576, dtype=dtype)
+    layer, rows = PackedLinear(linear), torch.randn(40, 1536, dtype=dtype)
     with torch.inference_mode():
         alone = torch.cat([layer(rows[i : i + 1]) for i in range(len(rows))])
         for count in range(2, len(rows) + 1):
@@ -127,7 +130,6 @@ def test_a_packed_row_is_the_same_alone_and_in_any_batch():
         assert torch.equal(layer(rows[None, :3])[0], alone[:3])  # (batch, positions, features) too
         assert torch.equal(layer(rows[0]), alone[0])  # and one unbatched row
         assert torch.allclose(alone.float(), linear(rows).float(), atol=0.05)
-
 
 BREAD = (
     " Bread rises because yeast eats the sugars in the dough and releases carbon dioxide. The gas is"
