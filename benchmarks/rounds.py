@@ -311,18 +311,17 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_s
 
 def child_agree(args: argparse.Namespace) -> dict[str, Any]:
     """Greedy argmax and log-probabilities (float32 log-softmax) over the 70 prompt positions, fp32 vs
-    the same weights cast to bf16."""
+    the same weights loaded in bf16 (as ``HFMember`` loads them: prepacked, eager attention)."""
     import torch
 
     from specfuse_core import HFMember
 
-    member = HFMember(args.spec, dtype="float32")
+    member, member_bf16 = HFMember(args.spec, dtype="float32"), HFMember(args.spec, dtype="bfloat16")
     ids = _step_ids(member.tokenizer)
     x = torch.tensor([ids])
     with torch.inference_mode():
         full = torch.log_softmax(member.model(x).logits[0].float(), -1)
-        member.model.to(torch.bfloat16)
-        half = torch.log_softmax(member.model(x).logits[0].float(), -1)
+        half = torch.log_softmax(member_bf16.model(x).logits[0].float(), -1)
     greedy, greedy_half = full.argmax(-1), half.argmax(-1)
     nxt = torch.tensor(ids[1:])
     diff = (full - half).abs()

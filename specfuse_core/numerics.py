@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, NotSupportedYetError
 
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
 
@@ -141,6 +141,12 @@ class PackedLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed"
+
+    def _apply(self, fn: Any, recurse: bool = True) -> PackedLinear:
+        raise NotSupportedYetError(
+            "a local member's linear layers are prepacked for this CPU and dtype and cannot be moved or "
+            "cast (model.to/float/half/cuda): load the member with the device= and dtype= you want instead"
+        )
 
 
 PACKED_MIN_ROWS = 4

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from specfuse_core import ConfigError, HFMember
+from specfuse_core import ConfigError, HFMember, NotSupportedYetError
 from specfuse_core.member import SamplingParams
 from specfuse_core.numerics import (
     KERNEL_CACHE_CAPACITY,
@@ -112,6 +112,14 @@ def test_cpu_members_keep_their_linear_weights_prepacked(tiny_dirs, dtype):
         got = packed(ids).logits.float()
         expected = plain(ids).logits.float()
     assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+@pytest.mark.skipif(not packed_linear_available(), reason="this torch build has no oneDNN")
+def test_a_packed_member_refuses_to_be_moved_or_cast_with_a_clear_error(tiny_dirs):
+    model = HFMember(str(tiny_dirs[0]), dtype="float32", device="cpu").model
+    for move in (lambda: model.to(torch.bfloat16), lambda: model.half(), lambda: model.to("meta")):
+        with pytest.raises(NotSupportedYetError, match="load the member with the device= and dtype="):
+            move()
 
 
 @pytest.mark.skipif(not packed_linear_available(), reason="this torch build has no oneDNN")
