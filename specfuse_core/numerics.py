@@ -13,6 +13,7 @@ to float32 before each log-softmax.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any
 
@@ -97,6 +98,16 @@ def make_rows_independent(model: Any) -> None:
             setattr(model.get_submodule(parent_name), child_name, PackedLinear(module))
         elif module.weight.dtype == torch.bfloat16:
             module.forward = _as_two_rows(module.forward)
+    release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Hand the memory that replacing the layers freed back to the OS. glibc keeps freed blocks in
+    its heap (measured: Qwen2.5-Coder-0.5B in bf16 held 2.26 GB after the load, 1.56 GB after this)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def packed_linear_available() -> bool:
