@@ -73,8 +73,9 @@ def packs_linear_layers(dtype: torch.dtype, device: str) -> bool:
 KERNEL_CACHE_CAPACITY = "64"
 """Entries in each of oneDNN's per-shape kernel caches (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, and
 ideep's ``LRU_CACHE_CAPACITY`` inside torch); both default to 1024. A oneDNN kernel (every
-:class:`PackedLinear` product) is cached per shape, and prompt lengths vary from request to request, so at 1024 a server's memory grew for
-hundreds of requests (+40% over 600 requests of two tiny members); at 64 it stays flat (+0.4%)."""
+:class:`PackedLinear` product) is cached per shape, and prompt lengths vary from request to request,
+so at 1024 a server's memory grew for hundreds of requests (+40% over 600 requests of two tiny
+members); at 64 it stays flat (+0.4%)."""
 
 
 def bound_kernel_caches() -> None:
@@ -103,7 +104,7 @@ def make_rows_independent(model: Any) -> None:
 
 def release_freed_memory() -> None:
     """Hand the memory that replacing the layers freed back to the OS. glibc keeps freed blocks in
-    its heap (measured: Qwen2.5-Coder-0.5B in bf16 held 2.26 GB after the load, 1.56 GB after this)."""
+    its heap (measured: Qwen2.5-Coder-0.5B in bf16 held 2.26 GB after the load, 1.6 GB with this)."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
