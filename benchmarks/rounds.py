@@ -238,8 +238,10 @@ def _weight_bytes(model: Any) -> int:
     """Bytes a decode step reads at least: every weight once (tied tensors once, a prepacked weight
     in its packed copy), less an input embedding table that is not also the output layer (a step
     reads one row of it)."""
+    from specfuse_core.numerics import PackedLinear
+
     tensors = {id(p): p for p in model.parameters()}
-    tensors.update({id(b): b for name, b in model.named_buffers() if name.endswith("packed_weight")})
+    tensors.update({id(m.packed_weight): m.packed_weight for m in model.modules() if isinstance(m, PackedLinear)})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     embed, head = model.get_input_embeddings().weight, getattr(model.get_output_embeddings(), "weight", None)
     if head is None or embed.data_ptr() != head.data_ptr():

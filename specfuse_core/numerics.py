@@ -56,7 +56,8 @@ def default_device() -> str:
 
 def needs_exact_rows(dtype: torch.dtype, device: str) -> bool:
     """Whether a model in ``dtype`` on ``device`` needs eager attention (about as fast as SDPA for
-    decode steps) and batch-independent products: bf16 on CPU."""
+    decode steps) for its rows to come out the same with and without the KV cache: bf16 on CPU.
+    Batch-independent products are :func:`make_rows_independent`'s job."""
     return dtype == torch.bfloat16 and device.startswith("cpu")
 
 
@@ -116,6 +117,11 @@ def packed_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+PACKED_MIN_ROWS = 4
+"""Rows a :class:`PackedLinear` computes at least (measured on AVX512-BF16 without AMX: 3-6 rows
+cost about the same and less than 1, 2 or 8; see ``benchmarks/README.md``)."""
+
+
 class PackedLinear(torch.nn.Module):
     """A float32 or bfloat16 linear layer on CPU whose weight is stored once in oneDNN's blocked layout.
 
@@ -159,11 +165,6 @@ class PackedLinear(torch.nn.Module):
             "a local member's linear layers are prepacked for this CPU and dtype and cannot be moved or "
             "cast (model.to/float/half/cuda): load the member with the device= and dtype= you want instead"
         )
-
-
-PACKED_MIN_ROWS = 4
-"""Rows a :class:`PackedLinear` computes at least (measured on AVX512-BF16 without AMX: 3-6 rows
-cost about the same and less than 1, 2 or 8; see ``benchmarks/README.md``)."""
 
 
 def _as_two_rows(forward: Any) -> Any:

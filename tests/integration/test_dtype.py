@@ -139,6 +139,7 @@ def test_a_packed_row_is_the_same_alone_and_in_any_batch(dtype):
         assert torch.equal(layer(rows[0]), alone[0])  # and one unbatched row
         assert torch.allclose(alone.float(), linear(rows).float(), atol=0.05)
 
+
 BREAD = (
     " Bread rises because yeast eats the sugars in the dough and releases carbon dioxide. The gas is"
     " trapped by the gluten network, so the dough expands; baking then sets the structure."
