@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # CI: the package as users get it. Build the wheel (from a copy of the checkout: no stale build/ files),
 # install it, not editable, into a fresh venv with the extras tools, serve and eval, and run the
-# installed `specfuse` from a folder outside the checkout: help texts, one answer from the default
-# ensemble, one served chat completion and the served page. Runs after `make test`, whose run has put
-# the default members' weights into the cache (~/.cache/specfuse or $SPECFUSE_CACHE_DIR): offline.
+# installed `specfuse` from a folder where only the installed package can be imported: help texts,
+# one answer from the default ensemble, one served chat completion and the served page. Runs after
+# `make test`, whose run has put the default members' weights into the cache (~/.cache/specfuse or
+# $SPECFUSE_CACHE_DIR): offline. Its files (about 2.7 GB, mostly torch and triton) go to the
+# checkout's disk, in .wheel-check/ (ignored by git, removed at the end), not to a /tmp that may be
+# a small tmpfs; pip's own temporary files go there too.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 REPO_PY="$REPO/.venv/bin/python"   # builds the wheel (`make setup` made it)
 BASE_PY="${PYTHON:-python3}"       # the fresh venv's interpreter
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/specfuse-wheel-check.XXXXXX")"
+mkdir -p "$REPO/.wheel-check"
+WORK="$(mktemp -d "$REPO/.wheel-check/run.XXXXXX")"
+mkdir -p "$WORK/tmp"
+export TMPDIR="$WORK/tmp"
 SERVER_PID=""
 
 cleanup() {
@@ -18,12 +24,14 @@ cleanup() {
 		wait "$SERVER_PID" 2>/dev/null || true
 	fi
 	rm -rf "$WORK"
+	rmdir "$REPO/.wheel-check" 2>/dev/null || true
 }
 trap cleanup EXIT
 
 ok() { echo "wheel check: ok: $*"; }
 fail() {
 	echo "wheel check: FAILED: $*" >&2
+	echo "wheel check: disk free where its files go: $(df -Ph "$WORK" | awk 'NR == 2 {print $4}')" >&2
 	exit 1
 }
 
@@ -68,9 +76,9 @@ ok "wheel holds specfuse_core, specfuse_integrations (server/page.html), specfus
 VPIP=("$WORK/venv/bin/python" -m pip --disable-pip-version-check)
 "${VPIP[@]}" install -qq torch==2.13.0 || fail "pip install torch==2.13.0"
 "${VPIP[@]}" install -qq "$WHEEL[tools,serve,eval]" || fail "pip install the wheel with [tools,serve,eval]"
-ok "installed the wheel with [tools,serve,eval] into a fresh venv"
+ok "installed the wheel with [tools,serve,eval] into a fresh venv ($(du -sh "$WORK/venv" | cut -f1))"
 
-cd "$WORK/run"  # outside the checkout: only the installed package can be imported
+cd "$WORK/run"  # no package sources here or in sys.path: only the installed package can be imported
 SPECFUSE="$WORK/venv/bin/specfuse"
 where="$("$WORK/venv/bin/python" -c 'import specfuse_core, specfuse_integrations; print(specfuse_core.__file__, specfuse_integrations.__file__)')"
 case "$where" in
