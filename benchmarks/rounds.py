@@ -383,6 +383,9 @@ def child_llama(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_anchor_specfuse(args: argparse.Namespace) -> dict[str, Any]:
     """The same request through specfuse: one member alone (``--spec``) or the ensemble of ``--member``s."""
+    from specfuse_core.scheduler import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch loads OpenMP, as the `specfuse` command does
     import torch
 
     from specfuse_core import DEFAULT_MEMBERS, Ensemble, HFMember

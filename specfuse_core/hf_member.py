@@ -30,7 +30,7 @@ if "torch" not in sys.modules:
 
 import torch  # noqa: E402
 
-from . import kv_cache
+from . import _threads, kv_cache
 from .errors import ConfigError, ModelLoadError
 from .member import ContextWindowFull, Draft, Role, SamplingParams, TokenScores, role_flags
 from .messages import Message
@@ -41,9 +41,10 @@ from .numerics import (
     needs_exact_rows,
     packs_linear_layers,
     parse_dtype,
+    pass_threads,
 )
 from .prompting import NO_NATIVE_SUPPORT, ToolSupport, member_prompt, needs_tool_rendering, probe_tool_support
-from .scheduler import Worker, default_worker
+from .scheduler import Worker, default_worker, openmp_spins
 from .segments import common_prefix_length
 from .tools import NO_TOOLS, ToolRequest
 from .trace import MemberUsage
@@ -88,6 +89,7 @@ class HFMember:
             raise ConfigError(f"threads must be a positive integer, got {threads!r}")
         self.role: Role = role
         self._threads = threads
+        self._parameters: int | None = None  # counted before prepacking: a packed weight is a buffer
         self._can_draft, self._can_score = role_flags(role)
         if device is not None and device_map is not None:
             raise ConfigError("pass either device or device_map, not both")
@@ -108,6 +110,7 @@ class HFMember:
                 attn_implementation="eager" if exact_rows else None,
             )
             if device_map is None and packs_linear_layers(chosen_dtype, wanted_device):
+                self._parameters = sum(p.numel() for p in self.model.parameters())
                 bound_kernel_caches()
                 make_rows_independent(self.model)
         else:
@@ -150,8 +153,8 @@ class HFMember:
 
     @functools.cached_property
     def cost(self) -> int:
-        """Relative compute per token: the parameter count."""
-        return sum(p.numel() for p in self.model.parameters())
+        """Relative compute per token: the parameter count (prepacked weights included)."""
+        return self._parameters or sum(p.numel() for p in self.model.parameters())
 
     @property
     def threads(self) -> int | None:
@@ -502,7 +505,19 @@ class _ForwardRunner:
     def run_batch(self, requests: list[_Pass]) -> list[tuple[torch.Tensor, Any]]:
         pad = self.member.tokenizer.pad_token_id or 0
         passes = [(r.rows, r.cache, r.logits_to_keep) for r in requests]
-        return kv_cache.forward_batched(self.member.model, passes, pad)
+        with _threads.intra_op_threads(self._threads_for(requests)):
+            return kv_cache.forward_batched(self.member.model, passes, pad)
+
+    def _threads_for(self, requests: list[_Pass]) -> int:
+        """The calling thread's OpenMP threads, or fewer for a small pass on a CPU member whose worker has
+        no budget of its own (the ``turns`` schedule) while idle OpenMP threads sleep (:func:`pass_threads`)."""
+        threads = torch.get_num_threads()
+        member = self.member
+        if threads <= 1 or member.device.type != "cpu" or member.worker.threads is not None or openmp_spins():
+            return threads
+        width = max(len(r.rows[0]) for r in requests)
+        positions = width * sum(len(r.rows) for r in requests)
+        return pass_threads(threads, params=member.cost, positions=positions, width=width)
 
 
 def _sample(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> int:

@@ -103,6 +103,35 @@ def make_rows_independent(model: Any) -> None:
     release_freed_memory()
 
 
+ALL_THREADS_MIN_PARAMS = 1_000_000_000
+"""From this many parameters on, every CPU pass of a member uses all its threads (see :func:`pass_threads`)."""
+
+ALL_THREADS_MIN_WORK = 12_000_000_000
+"""Token positions times parameters from which a multi-token CPU pass uses all threads (see :func:`pass_threads`)."""
+
+
+def pass_threads(threads: int, *, params: int, positions: int, width: int) -> int:
+    """How many of ``threads`` OpenMP threads a CPU forward pass should use when idle OpenMP threads
+    sleep (``OMP_WAIT_POLICY=PASSIVE``, specfuse's default): ``positions`` token positions in all,
+    ``width`` per row (1: a decode step), through a model of ``params`` parameters.
+
+    Each parallel region then has to wake the other threads, and a pass of a small model has hundreds of
+    short ones. Measured on the 2-core development CPU (bf16, on a worker thread), one thread against two:
+    a SmolLM2-135M decode step 43 vs 84 ms, Qwen2.5-Coder-0.5B 81 vs 88 ms; 1.5B and 3B models (random
+    weights) 239 vs 205 and 379 vs 313 ms. Passes of many positions gain from the second thread: Qwen's
+    prefill of 32 positions 171 vs 135 ms, SmolLM's of 128 190 vs 174 ms and of 64 135 vs 158 ms.
+    So a member under :data:`ALL_THREADS_MIN_PARAMS` computes decode steps on one thread, and multi-token
+    passes too unless positions × parameters reach :data:`ALL_THREADS_MIN_WORK`. A decode step's choice
+    depends on the model alone, never on how many requests share the batch (float32 attention over a
+    cache rounds differently on one thread than on two; multi-token passes come out the same).
+    """
+    if threads <= 1 or params >= ALL_THREADS_MIN_PARAMS:
+        return threads
+    if width > 1 and positions * params >= ALL_THREADS_MIN_WORK:
+        return threads
+    return 1
+
+
 def release_freed_memory() -> None:
     """Hand the memory that replacing the layers freed back to the OS. glibc keeps freed blocks in
     its heap (measured: Qwen2.5-Coder-0.5B in bf16 held 2.26 GB after the load, 1.6 GB with this)."""
