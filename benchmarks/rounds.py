@@ -44,6 +44,13 @@ with torch's default thread count and again with one thread:
     on one thread (``n_threads=1``, ``torch.set_num_threads(1)``): on a shared machine a two-thread
     run waits for a busy core.
 
+``--part threads``: one OpenMP thread or all of them per pass (issue #26), each member in its own subprocess:
+
+15. On a worker thread, with the passive OpenMP policy ``specfuse`` sets: decode steps (1 and 8 requests),
+    12-position passes (1 and 8 requests: scoring) and prefills of 32, 128 and 512 positions, each on
+    one thread and on torch's default count (median of ``--step-reps``); which of the two
+    ``numerics.pass_threads`` picks for the member and whether it was the faster.
+
 ``--part dtype``: the default dtype (issue #26), each run in its own subprocess, float32 and bfloat16:
 
 13. One answer of ``--max-tokens`` tokens with the default schedule: seconds, tokens/s, whether both dtypes
@@ -311,6 +318,57 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_s
               "mkldnn::_linear_pointwise", "aten::mkldnn_linear")  # fmt: skip
 
 
+THREAD_PASSES = ((1, 1), (8, 1), (1, 12), (8, 12), (1, 32), (1, 128), (1, 512))
+"""``--part threads``: (requests, positions per request); width 1 is a decode step over a 70-token cache,
+12 a scoring pass over it, and 32 or more a prefill from scratch."""
+
+
+def child_threads(args: argparse.Namespace) -> dict[str, Any]:
+    """Each pass of ``THREAD_PASSES`` on one thread and on torch's default count, on a worker thread."""
+    from specfuse_core.scheduler import prefer_passive_openmp
+
+    prefer_passive_openmp()  # as the `specfuse` command does
+    import threading
+
+    import torch
+
+    from specfuse_core import HFMember
+    from specfuse_core.numerics import pass_threads
+
+    member = HFMember(args.spec, **_member_options(args))
+    model, ids = member.model, (_step_ids(member.tokenizer) * 8)[:512]
+    everything = torch.get_num_threads()
+    rows: list[dict[str, Any]] = []
+
+    def measure() -> None:
+        with torch.inference_mode():
+            for requests, width in THREAD_PASSES:
+                ms: dict[int, float] = {}
+                for threads in (1, everything):
+                    torch.set_num_threads(threads)
+                    cache = None
+                    if width <= 12:
+                        cache = model(torch.tensor([ids[:STEP_PROMPT_TOKENS]] * requests), use_cache=True).past_key_values
+                    x = torch.tensor([ids[STEP_PROMPT_TOKENS : STEP_PROMPT_TOKENS + width] if cache is not None else ids[:width]] * requests)
+                    times = []
+                    for _ in range(args.step_reps + 1):  # the first is a warm-up
+                        start = time.perf_counter()
+                        model(x, past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
+                        times.append(time.perf_counter() - start)
+                        if cache is not None:
+                            cache.crop(-width)
+                    ms[threads] = statistics.median(times[1:]) * 1000
+                picked = pass_threads(everything, params=member.cost, positions=requests * width, width=width)
+                faster = min(ms, key=ms.__getitem__)
+                rows.append({"requests": requests, "width": width, "ms_one_thread": ms[1], "ms_all_threads": ms[everything],
+                             "picked": picked, "picked_the_faster": ms[picked] <= ms[faster] * 1.02})  # fmt: skip
+
+    worker = threading.Thread(target=measure, name="specfuse-benchmark")
+    worker.start()
+    worker.join()
+    return {"member": member.name, "parameters": member.cost, "threads": everything, "passes": rows}
+
+
 def child_agree(args: argparse.Namespace) -> dict[str, Any]:
     """Greedy argmax and log-probabilities (float32 log-softmax) over the 70 prompt positions, fp32 vs
     the same weights loaded in bf16 (as ``HFMember`` loads them: prepacked, eager attention)."""
@@ -480,16 +538,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device")
     parser.add_argument("--dtype")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--part", choices=("cache", "schedule", "step", "anchor", "dtype"), default="cache",
+    parser.add_argument("--part", choices=("cache", "schedule", "step", "anchor", "dtype", "threads"), default="cache",
                         help="cache: round cost and the KV cache (default); schedule: the scheduler; "
                              "step: decode step vs the bandwidth bound; anchor: llama.cpp vs specfuse; "
-                             "dtype: float32 vs bfloat16 answers and concurrency")  # fmt: skip
+                             "dtype: float32 vs bfloat16 answers and concurrency; threads: one thread or all per pass")  # fmt: skip
     parser.add_argument("--resume", metavar="DIR", help="save each measurement in DIR and reuse the ones already there")
     parser.add_argument("--concurrent-tokens", type=int, default=48, help="--part schedule: tokens per concurrent answer")
     parser.add_argument("--step-reps", type=int, default=7, help="--part step: timed repetitions per decode step")
     parser.add_argument("--anchor-tokens", type=int, default=64, help="--part anchor: new tokens per answer")
     parser.add_argument("--child", choices=("solo", "ensemble", "schedule", "concurrent", "batch-step", "step", "agree",
-                                            "bandwidth", "llama", "anchor-specfuse"), help=argparse.SUPPRESS)  # fmt: skip
+                                            "bandwidth", "llama", "anchor-specfuse", "threads"), help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--step-dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--schedule", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
@@ -506,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         children = {"solo": child_solo, "ensemble": child_ensemble, "schedule": child_schedule,
                     "concurrent": child_concurrent, "batch-step": child_batch_step, "step": child_step,
                     "agree": child_agree, "bandwidth": child_bandwidth, "llama": child_llama,
-                    "anchor-specfuse": child_anchor_specfuse}  # fmt: skip
+                    "anchor-specfuse": child_anchor_specfuse, "threads": child_threads}  # fmt: skip
         print(json.dumps(children[args.child](args)))
         return 0
 
@@ -517,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         return schedule_report(args, specs)
     if args.part == "step":
         return step_report(args, specs)
+    if args.part == "threads":
+        return threads_report(args, specs)
     if args.part == "anchor":
         return anchor_report(args, specs)
     if args.part == "dtype":
@@ -715,6 +775,20 @@ def step_report(args: argparse.Namespace, specs: list[str]) -> int:
         print(f"  fp32 vs bf16: argmax agrees {a['argmax_agree']}/{a['positions']}, max |dlogp| next prompt token "
               f"{a['max_abs_logprob_diff_next_prompt_token']:.3f}, greedy token {a['max_abs_logprob_diff_greedy_token']:.3f}, "
               f"whole vocabulary {a['max_abs_logprob_diff_vocab']:.3f}")  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def threads_report(args: argparse.Namespace, specs: list[str]) -> int:
+    """``--part threads``: item 15 of the module docstring."""
+    report = {spec: _spawn(["--child", "threads", "--spec", spec], args) for spec in specs}
+    for result in report.values():
+        print(f"{result['member']} ({result['parameters'] / 1e6:.0f}M parameters), 1 vs {result['threads']} threads:")
+        for row in result["passes"]:
+            mark = "" if row["picked_the_faster"] else "  <- the other count was faster"
+            print(f"  {row['requests']} x {row['width']:>3} positions: {row['ms_one_thread']:7.1f} / "
+                  f"{row['ms_all_threads']:7.1f} ms; picks {row['picked']}{mark}")  # fmt: skip
     if args.json:
         print(json.dumps(report))
     return 0

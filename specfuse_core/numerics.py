@@ -106,7 +106,7 @@ def make_rows_independent(model: Any) -> None:
 ALL_THREADS_MIN_PARAMS = 1_000_000_000
 """From this many parameters on, every CPU pass of a member uses all its threads (see :func:`pass_threads`)."""
 
-ALL_THREADS_MIN_WORK = 12_000_000_000
+ALL_THREADS_MIN_WORK = 20_000_000_000
 """Token positions times parameters from which a multi-token CPU pass uses all threads (see :func:`pass_threads`)."""
 
 
@@ -119,7 +119,8 @@ def pass_threads(threads: int, *, params: int, positions: int, width: int) -> in
     short ones. Measured on the 2-core development CPU (bf16, on a worker thread), one thread against two:
     a SmolLM2-135M decode step 43 vs 84 ms, Qwen2.5-Coder-0.5B 81 vs 88 ms; 1.5B and 3B models (random
     weights) 239 vs 205 and 379 vs 313 ms. Passes of many positions gain from the second thread: Qwen's
-    prefill of 32 positions 171 vs 135 ms, SmolLM's of 128 190 vs 174 ms and of 64 135 vs 158 ms.
+    prefill of 32 positions 171 vs 135 ms, SmolLM's of 512 904 vs 731 ms, but of 128 212 vs 258 ms
+    (``benchmarks/rounds.py --part threads``).
     So a member under :data:`ALL_THREADS_MIN_PARAMS` computes decode steps on one thread, and multi-token
     passes too unless positions × parameters reach :data:`ALL_THREADS_MIN_WORK`. A decode step's choice
     depends on the model alone, never on how many requests share the batch (float32 attention over a

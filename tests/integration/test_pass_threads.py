@@ -27,8 +27,10 @@ def test_the_rule_keeps_small_members_on_one_thread_and_gives_large_passes_all()
     assert pass_threads(2, params=smol, positions=1, width=1) == 1
     assert pass_threads(2, params=smol, positions=64, width=64) == 1
     assert pass_threads(2, params=smol, positions=512, width=512) == 2
+    assert pass_threads(2, params=smol, positions=128, width=128) == 1  # measured faster on one thread
     assert pass_threads(2, params=qwen, positions=8, width=1) == 1  # 8 decode steps: still one each
     assert pass_threads(2, params=qwen, positions=12, width=12) == 1
+    assert pass_threads(2, params=630_167_424, positions=32, width=32) == 2  # Qwen as loaded: prefill of 32
     assert pass_threads(2, params=qwen, positions=96, width=12) == 2  # 8 requests' scoring in one batch
     assert pass_threads(2, params=big, positions=1, width=1) == 2
     assert pass_threads(1, params=smol, positions=10**6, width=10**6) == 1
