@@ -8,12 +8,12 @@ otherwise, with the same draft, and neither the worker's count nor torch's proce
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 import torch
 
 from specfuse_core import HFMember
+from specfuse_core._threads import _process_default
 from specfuse_core.member import SamplingParams
 from specfuse_core.numerics import ALL_THREADS_MIN_PARAMS, ALL_THREADS_MIN_WORK, pass_threads
 from specfuse_core.scheduler import Worker
@@ -42,14 +42,6 @@ def _counting_threads(member: HFMember) -> list[int]:
     seen: list[int] = []
     member.model.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
     return seen
-
-
-def _process_default() -> int:
-    box: list[int] = []
-    probe = threading.Thread(target=lambda: box.append(torch.get_num_threads()))
-    probe.start()
-    probe.join()
-    return box[0]
 
 
 @pytest.fixture
