@@ -28,8 +28,9 @@ with torch's default thread count and again with one thread:
 9. Memory bandwidth: best of five copies of a 512 MB tensor (read + write bytes per second). A member's
    bandwidth bound is its weights' bytes (a decode step reads each once) over that bandwidth.
 10. Per member, float32 and bfloat16: one decode step (a 70-token prompt prefilled into the KV cache,
-    then one token, ``torch.inference_mode``, median of ``--step-reps``) at batch 1, 4 and 8; the ratio
-    step / bound; a ``torch.profiler`` breakdown of the batch-1 step (top operators by self CPU time,
+    then one token, ``torch.inference_mode``, median of ``--step-reps``) through the member's forward
+    pass (``member.forward``) at batch 1, 4 and 8; the ratio step / bound; the batch-1 step through
+    the member's pass and through transformers' own forward in alternating blocks; a ``torch.profiler`` breakdown of the batch-1 step (top operators by self CPU time,
     time inside operators vs outside them) and the output layer alone.
 11. fp32 vs bf16 on the same weights over the 70 prompt positions: greedy argmax agreement and the
     largest difference of float32 log-probabilities (next prompt token, greedy token, whole vocabulary).
@@ -212,14 +213,14 @@ def child_batch_step(args: argparse.Namespace) -> dict[str, Any]:
     member = HFMember(args.spec, **_member_options(args))
     pad = member.tokenizer.pad_token_id or 0
     with torch.inference_mode():
-        _, cache = kv_cache.forward_with_cache(member.model, torch.tensor([list(range(1000, 1100))]), kv_cache.new_cache(), 1)
+        _, cache = member.forward(torch.tensor([list(range(1000, 1100))]), kv_cache.new_cache(), 1)
         step_ms = {}
         for batch in (1, 4, 8):
             passes = [([[5]], kv_cache.select_row(cache, 0, 90 + i), 1) for i in range(batch)]
-            kv_cache.forward_batched(member.model, passes, pad)
+            kv_cache.forward_batched(member.forward, passes, pad)
             start = time.perf_counter()
             for _ in range(5):
-                kv_cache.forward_batched(member.model, passes, pad)
+                kv_cache.forward_batched(member.forward, passes, pad)
             step_ms[batch] = (time.perf_counter() - start) / 5 * 1000
     return {"member": member.name, "step_ms": step_ms, "gain": {b: b * step_ms[1] / ms for b, ms in step_ms.items()}}
 
@@ -258,37 +259,49 @@ def _weight_bytes(model: Any) -> int:
 
 def child_step(args: argparse.Namespace) -> dict[str, Any]:
     """One decode step (70-token KV cache) at batch 1, 4 and 8 in ``args.step_dtype``, torch's default
-    threads; a profile of the batch-1 step; the output layer alone."""
+    threads, through the member's forward pass (``member.forward``); the batch-1 step through
+    transformers' own forward too, alternating with it; a profile of the batch-1 step; the output
+    layer alone."""
     import torch
 
-    from specfuse_core import HFMember
+    from specfuse_core import HFMember, kv_cache
+    from specfuse_core.forward import ModelForward
 
     if args.threads:
         torch.set_num_threads(args.threads)
     member = HFMember(args.spec, dtype=args.step_dtype)
-    model, ids = member.model, _step_ids(member.tokenizer)
+    model, forward, ids = member.model, member.forward, _step_ids(member.tokenizer)
     reps = args.step_reps
+
+    def step_times(run: Any, batch: int) -> list[float]:
+        logits, cache = run(torch.tensor([ids] * batch), kv_cache.new_cache(), 1)
+        token = logits[:, -1:].argmax(-1)
+        times = []
+        for _ in range(reps + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            run(token, cache, 1)
+            times.append(time.perf_counter() - start)
+            kv_cache.crop(cache, len(ids))  # back to the 70-token prompt
+        return times[1:]
+
     step_ms: dict[int, float] = {}
     with torch.inference_mode():
         for batch in (1, 4, 8):
-            out = model(torch.tensor([ids] * batch), use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            times = []
-            for _ in range(reps + 1):  # the first is a warm-up
-                start = time.perf_counter()
-                model(token, past_key_values=cache, use_cache=True)
-                times.append(time.perf_counter() - start)
-                cache.crop(-1)  # back to the 70-token prompt
-            step_ms[batch] = statistics.median(times[1:]) * 1000
-            if batch == 1:
-                one_cache, one_token = cache, token
+            step_ms[batch] = statistics.median(step_times(forward, batch)) * 1000
+        # The same batch-1 step through transformers' forward, in alternating blocks with member.forward.
+        own_ms, transformers_ms = [], []
+        for _ in range(3):
+            own_ms += step_times(forward, 1)
+            transformers_ms += step_times(ModelForward(model), 1)
         # Where a batch-1 step's time goes: operators by self CPU time (the profiler adds its own cost).
+        logits, one_cache = forward(torch.tensor([ids]), kv_cache.new_cache(), 1)
+        one_token = logits[:, -1:].argmax(-1)
         steps = 5
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             start = time.perf_counter()
             for _ in range(steps):
-                model(one_token, past_key_values=one_cache, use_cache=True)
-                one_cache.crop(-1)  # back to the 70-token prompt
+                forward(one_token, one_cache, 1)
+                kv_cache.crop(one_cache, len(ids))  # back to the 70-token prompt
             profiled_ms = (time.perf_counter() - start) / steps * 1000
         events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
         # crop() is not part of a step; its operators are few and are left in (they show by name).
@@ -305,7 +318,9 @@ def child_step(args: argparse.Namespace) -> dict[str, Any]:
             head(hidden)
             head_times.append(time.perf_counter() - start)
     return {"member": member.name, "dtype": args.step_dtype, "threads": torch.get_num_threads(),
-            "weight_bytes": _weight_bytes(model), "step_ms": step_ms, "reps": reps,
+            "forward": type(forward).__name__, "weight_bytes": _weight_bytes(model), "step_ms": step_ms, "reps": reps,
+            "alternating_b1_ms": {"member_forward": statistics.median(own_ms),
+                                  "transformers_forward": statistics.median(transformers_ms)},
             "profile": {"steps": steps, "wall_ms_per_step": profiled_ms, "ops_self_ms_per_step": ops_ms,
                         "outside_ops_ms_per_step": profiled_ms - ops_ms, "matmul_self_ms_per_step": matmul_ms,
                         "op_calls_per_step": sum(e.count for e in events) / steps,
@@ -765,6 +780,9 @@ def step_report(args: argparse.Namespace, specs: list[str]) -> int:
             print(f"{spec} {key} ({s['threads']} threads): step b1/b4/b8 {steps} ms, weights "
                   f"{s['weight_bytes'] / 1e6:.0f} MB, bound {s['bound_ms']:.1f} ms, b1/bound "
                   f"{s['step_over_bound']['1']:.2f}, gain b4/b8 {gains}, output layer {s['output_layer_ms']:.2f} ms")  # fmt: skip
+            alt = s["alternating_b1_ms"]
+            print(f"  b1 alternating: {s['forward']} {alt['member_forward']:.1f} ms, transformers' forward "
+                  f"{alt['transformers_forward']:.1f} ms ({alt['transformers_forward'] / alt['member_forward']:.2f}x)")  # fmt: skip
             p = s["profile"]
             print(f"  profile b1: {p['wall_ms_per_step']:.1f} ms/step, in ops {p['ops_self_ms_per_step']:.1f} ms "
                   f"(matmul {p['matmul_self_ms_per_step']:.1f}), outside ops {p['outside_ops_ms_per_step']:.1f} ms, "

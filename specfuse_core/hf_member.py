@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from . import _threads, kv_cache
 from .errors import ConfigError, ModelLoadError
+from .forward import ModelForward, forward_for
 from .member import ContextWindowFull, Draft, Role, SamplingParams, TokenScores, role_flags
 from .messages import Message
 from .numerics import (
@@ -68,6 +69,8 @@ class HFMember:
     ``model`` is a local directory, a Hugging Face Hub id, a ``.gguf`` file, a preset name (see
     :data:`specfuse_core.presets.PRESETS`) or an already loaded ``PreTrainedModel`` (then pass
     ``tokenizer``). ``role`` is ``"both"`` (default), ``"draft"`` or ``"score"``.
+    ``forward`` is the forward pass its requests run: on CPU, Llama and Qwen2 models get a lean one
+    that computes exactly what transformers' does (:func:`specfuse_core.forward.forward_for`).
     """
 
     def __init__(
@@ -121,6 +124,9 @@ class HFMember:
             self.model, self.tokenizer = model, tokenizer
         self.model.eval()
         self.device = next(self.model.parameters()).device
+        # The lean pass is measured on CPU only; GPUs and device maps keep transformers' forward.
+        on_cpu = device_map is None and self.device.type == "cpu"
+        self.forward: ModelForward = forward_for(self.model) if on_cpu else ModelForward(self.model)
         self._device_key = str(self.device) if device_map is None else f"map:{id(self.model)}"
         self.worker: Worker = default_worker(self._device_key)
         self.runner = _ForwardRunner(self)
@@ -506,7 +512,7 @@ class _ForwardRunner:
         pad = self.member.tokenizer.pad_token_id or 0
         passes = [(r.rows, r.cache, r.logits_to_keep) for r in requests]
         with _threads.intra_op_threads(self._threads_for(requests)):
-            return kv_cache.forward_batched(self.member.model, passes, pad)
+            return kv_cache.forward_batched(self.member.forward, passes, pad)
 
     def _threads_for(self, requests: list[_Pass]) -> int:
         """The calling thread's OpenMP threads, or fewer for a small pass on a CPU member whose worker has

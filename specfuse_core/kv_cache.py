@@ -6,11 +6,13 @@ The cache is always built without a model config, so every layer is a plain, cro
 
 from __future__ import annotations
 
-import functools
-import inspect
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache
+
+if TYPE_CHECKING:
+    from .forward import ModelForward
 
 
 def new_cache() -> DynamicCache:
@@ -33,26 +35,6 @@ def crop(cache: DynamicCache, length: int) -> None:
             layer.values = layer.values[..., :length, :]
 
 
-def forward_with_cache(model: torch.nn.Module, input_ids: torch.Tensor, cache: DynamicCache, logits_to_keep: int) -> tuple[torch.Tensor, DynamicCache]:
-    """One forward pass on top of ``cache``; returns the kept logits and the grown cache.
-
-    transformers 5.24 renamed ``past_key_values`` to ``cache``; both spellings are supported.
-    """
-    keyword = _cache_keyword(type(model))
-    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=logits_to_keep, **{keyword: cache})
-    return out.logits, _grown_cache(out)
-
-
-def _grown_cache(out: object) -> DynamicCache:
-    grown = getattr(out, "cache", None)
-    return grown if grown is not None else out.past_key_values  # type: ignore[attr-defined]
-
-
-@functools.cache
-def _cache_keyword(model_class: type) -> str:
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
 def expanded_prefix(cache: DynamicCache, length: int, batch: int) -> DynamicCache:
     """A new cache holding the first ``length`` positions repeated ``batch`` times. ``cache`` is untouched."""
     data = [
@@ -69,20 +51,20 @@ def select_row(cache: DynamicCache, row: int, length: int) -> DynamicCache:
 
 
 def forward_batched(
-    model: torch.nn.Module, passes: list[tuple[list[list[int]], DynamicCache | None, int]], pad_id: int
+    forward: ModelForward, passes: list[tuple[list[list[int]], DynamicCache | None, int]], pad_id: int
 ) -> list[tuple[torch.Tensor, DynamicCache]]:
     """Several independent forward passes (of concurrent requests) as one padded batch.
 
-    Each pass is ``(rows, cache, logits_to_keep)`` as for :func:`forward_with_cache`: equal-length
-    token rows on top of a cache with one row per token row (or an empty cache). Caches are padded on
+    Each pass is ``(rows, cache, logits_to_keep)``: equal-length token rows on top of a cache with
+    one row per token row (or an empty cache), and how many of the last positions' logits it needs. Caches are padded on
     the left to the longest and masked; token rows are padded on the right (causal attention never
     looks ahead at them). Each pass gets back its own logits and its own cache, without any padding.
     """
     if len(passes) == 1:
         rows, cache, keep = passes[0]
-        tensor = torch.tensor(rows, dtype=torch.long, device=model.device)
-        return [forward_with_cache(model, tensor, cache if cache is not None else new_cache(), keep)]
-    device = model.device
+        tensor = torch.tensor(rows, dtype=torch.long, device=forward.device)
+        return [forward(tensor, cache if cache is not None else new_cache(), keep)]
+    device = forward.device
     prefix_lengths = [cache_length(cache) for _, cache, _ in passes]
     widths = [len(rows[0]) for rows, _, _ in passes]
     longest, width = max(prefix_lengths), max(widths)
@@ -97,22 +79,20 @@ def forward_batched(
     merged = _left_padded(passes, prefix_lengths, longest)
     # Logits from the earliest position any pass keeps, to the end of the padded width.
     first_kept = min(own_width - keep for (_, _, keep), own_width in zip(passes, widths))
-    keyword = _cache_keyword(type(model))
-    out = model(
-        input_ids=torch.tensor(input_rows, dtype=torch.long, device=device),
+    all_logits, grown = forward(
+        torch.tensor(input_rows, dtype=torch.long, device=device),
+        merged,
+        width - first_kept,
         attention_mask=torch.tensor(mask_rows, dtype=torch.long, device=device),
         position_ids=torch.tensor(position_rows, dtype=torch.long, device=device),
-        use_cache=True,
-        logits_to_keep=width - first_kept,
-        **{keyword: merged},
     )
-    layers = _layers(_grown_cache(out))
+    layers = _layers(grown)
     results: list[tuple[torch.Tensor, DynamicCache]] = []
     row = 0
     for (rows, _, keep), prefix, own_width in zip(passes, prefix_lengths, widths):
         rows_slice = slice(row, row + len(rows))
         start = own_width - keep - first_kept
-        logits = out.logits[rows_slice, start : start + keep]
+        logits = all_logits[rows_slice, start : start + keep]
         span = slice(longest - prefix, longest + own_width)
         data = [(k[rows_slice, :, span].contiguous(), v[rows_slice, :, span].contiguous()) for k, v in layers]
         results.append((logits, DynamicCache(ddp_cache_data=data)))

@@ -40,7 +40,8 @@ def test_the_rule_keeps_small_members_on_one_thread_and_gives_large_passes_all()
 
 def _counting_threads(member: HFMember) -> list[int]:
     seen: list[int] = []
-    member.model.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    # every forward pass embeds its tokens first, through transformers' forward and the lean one alike
+    member.model.get_input_embeddings().register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
     return seen
 
 
