@@ -319,8 +319,8 @@ def child_step(args: argparse.Namespace) -> dict[str, Any]:
             head_times.append(time.perf_counter() - start)
     return {"member": member.name, "dtype": args.step_dtype, "threads": torch.get_num_threads(),
             "forward": type(forward).__name__, "weight_bytes": _weight_bytes(model), "step_ms": step_ms, "reps": reps,
-            "alternating_b1_ms": {"member_forward": statistics.median(own_ms),
-                                  "transformers_forward": statistics.median(transformers_ms)},
+            "alternating_b1_ms": {"member_forward": statistics.median(own_ms) * 1000,
+                                  "transformers_forward": statistics.median(transformers_ms) * 1000},
             "profile": {"steps": steps, "wall_ms_per_step": profiled_ms, "ops_self_ms_per_step": ops_ms,
                         "outside_ops_ms_per_step": profiled_ms - ops_ms, "matmul_self_ms_per_step": matmul_ms,
                         "op_calls_per_step": sum(e.count for e in events) / steps,
