@@ -80,11 +80,12 @@ class LlamaFamilyForward(ModelForward):
         self._layers = list(self._decoder.layers[: model.config.num_hidden_layers])
         modeling = sys.modules[type(self._layers[0].self_attn).__module__]
         self._apply_rotary = modeling.apply_rotary_pos_emb
-        self._attention = ALL_ATTENTION_FUNCTIONS.get_interface(model.config._attn_implementation, modeling.eager_attention_forward)
+        self._eager_attention = modeling.eager_attention_forward
+        self._attention_functions = ALL_ATTENTION_FUNCTIONS
         self._create_mask = create_causal_mask
         self._mask_cache_keyword = _cache_keyword(create_causal_mask)
-        products = [m for layer in self._layers for m in (layer.self_attn.q_proj, layer.mlp.down_proj)]
-        self._min_rows = PACKED_MIN_ROWS if all(isinstance(m, PackedLinear) for m in products) else 1
+        packed = any(isinstance(m, PackedLinear) for layer in self._layers for m in layer.modules())
+        self._min_rows = PACKED_MIN_ROWS if packed else 1
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -125,6 +126,7 @@ class LlamaFamilyForward(ModelForward):
             **{self._mask_cache_keyword: cache},
         )
         cos, sin = decoder.rotary_emb(embeds, position_ids)
+        attend = self._attention_functions.get_interface(self.model.config._attn_implementation, self._eager_attention)
         hidden = self._padded(embeds.reshape(rows, -1))
         for index, layer in enumerate(self._layers):
             attention = layer.self_attn
@@ -135,7 +137,7 @@ class LlamaFamilyForward(ModelForward):
             value = self._product(attention.v_proj, normed)[:rows].view(heads).transpose(1, 2)
             query, key = self._apply_rotary(query, key, cos, sin)
             key, value = cache.update(key, value, index)
-            attended, _ = self._attention(attention, query, key, value, mask, dropout=0.0, scaling=attention.scaling)
+            attended, _ = attend(attention, query, key, value, mask, dropout=0.0, scaling=attention.scaling)
             hidden = hidden + self._product(attention.o_proj, self._padded(attended.reshape(rows, -1)))
             normed = layer.post_attention_layernorm(hidden)
             mlp = layer.mlp
@@ -151,7 +153,10 @@ class LlamaFamilyForward(ModelForward):
 
     @staticmethod
     def _product(linear: torch.nn.Module, matrix: torch.Tensor) -> torch.Tensor:
-        return linear._product(matrix) if isinstance(linear, PackedLinear) else linear(matrix)
+        """``linear(matrix)``; a packed layer's own padding is skipped when ``matrix`` has the rows already."""
+        if isinstance(linear, PackedLinear) and matrix.shape[0] >= PACKED_MIN_ROWS:
+            return linear._product(matrix)
+        return linear(matrix)
 
 
 def forward_for(model: torch.nn.Module) -> ModelForward:
@@ -169,10 +174,10 @@ def forward_for(model: torch.nn.Module) -> ModelForward:
     try:
         same = _same_results(plain, lean)
     except Exception as error:  # any layout the lean pass cannot compute
-        logger.debug("lean forward unavailable for %s: %r", type(model).__name__, error)
+        logger.info("lean forward unavailable for %s: %r", type(model).__name__, error)
         same = False
     if not same:
-        logger.debug("lean forward differs from %s's own; using transformers' forward", type(model).__name__)
+        logger.info("lean forward differs from %s's own; using transformers' forward", type(model).__name__)
     return lean if same else plain
 
 
