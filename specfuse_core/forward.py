@@ -1,7 +1,7 @@
 """A local member's forward pass: transformers' own, or a lean one for the Llama family.
 
 :class:`ModelForward` calls the model as transformers defines it. :class:`LlamaFamilyForward` runs
-the same operators in the same order for Llama and Qwen2 models (SmolLM2 and Qwen2.5 among them),
+the same operators in the same order for Llama, Qwen2 and Qwen3 models (SmolLM2 and Qwen2.5 among them),
 but skips transformers' per-call plumbing (argument decorators, output records, keyword routing
 through every layer), and pads each layer's input once to the rows a prepacked product computes
 (:data:`~specfuse_core.numerics.PACKED_MIN_ROWS`) instead of once per product. Its logits and cache
@@ -55,13 +55,13 @@ class ModelForward:
         return out.logits, grown if grown is not None else out.past_key_values
 
 
-LLAMA_FAMILY = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM"})
+LLAMA_FAMILY = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"})
 """Model classes :class:`LlamaFamilyForward` knows: a pre-norm decoder with rotary q/k/v attention
-and a gated MLP, the layout both share in transformers 5."""
+(Qwen3's with a norm on each query and key head) and a gated MLP, the layout they share in transformers 5."""
 
 
 class LlamaFamilyForward(ModelForward):
-    """The forward pass of a Llama or Qwen2 model without transformers' per-call plumbing.
+    """The forward pass of a Llama, Qwen2 or Qwen3 model without transformers' per-call plumbing.
 
     Every operator is the model's own module or function (norms, rotary embedding, attention
     implementation, activation), called in the order transformers calls them. Only the calls around
@@ -96,11 +96,12 @@ class LlamaFamilyForward(ModelForward):
             return False
         if getattr(config, "_attn_implementation", None) not in ("eager", "sdpa") or getattr(decoder, "has_sliding_layers", False):
             return False
-        wanted = {"self_attn": {"q_proj", "k_proj", "v_proj", "o_proj"}, "mlp": {"gate_proj", "up_proj", "down_proj"}}
+        attention = {"q_proj", "k_proj", "v_proj", "o_proj"}
+        wanted = {"self_attn": (attention, attention | {"q_norm", "k_norm"}), "mlp": ({"gate_proj", "up_proj", "down_proj"},)}
         for layer in getattr(decoder, "layers", []):
-            for part, children in wanted.items():
-                # e.g. q/k norms, which this pass does not compute (the activation may be a module)
-                if {name for name, _ in getattr(layer, part).named_children()} - {"act_fn"} != children:
+            for part, layouts in wanted.items():
+                # any other submodule is something this pass does not compute (the activation may be a module)
+                if {name for name, _ in getattr(layer, part).named_children()} - {"act_fn"} not in layouts:
                     return False
         return True
 
@@ -132,8 +133,11 @@ class LlamaFamilyForward(ModelForward):
             attention = layer.self_attn
             heads = (batch, width, -1, attention.head_dim)
             normed = layer.input_layernorm(hidden)
-            query = self._product(attention.q_proj, normed)[:rows].view(heads).transpose(1, 2)
-            key = self._product(attention.k_proj, normed)[:rows].view(heads).transpose(1, 2)
+            query = self._product(attention.q_proj, normed)[:rows].view(heads)
+            key = self._product(attention.k_proj, normed)[:rows].view(heads)
+            if hasattr(attention, "q_norm"):  # Qwen3
+                query, key = attention.q_norm(query), attention.k_norm(key)
+            query, key = query.transpose(1, 2), key.transpose(1, 2)
             value = self._product(attention.v_proj, normed)[:rows].view(heads).transpose(1, 2)
             query, key = self._apply_rotary(query, key, cos, sin)
             key, value = cache.update(key, value, index)
@@ -162,7 +166,7 @@ class LlamaFamilyForward(ModelForward):
 def forward_for(model: torch.nn.Module) -> ModelForward:
     """The leanest forward pass that computes exactly what ``model``'s own does.
 
-    A Llama or Qwen2 model gets :class:`LlamaFamilyForward` once a short prefill and a decode step
+    A Llama, Qwen2 or Qwen3 model gets :class:`LlamaFamilyForward` once a short prefill and a decode step
     through it give bit-identical logits and cache to transformers' forward (a transformers release
     that changed the layout would fail this); every other model, and any model that fails, keeps
     :class:`ModelForward`.

@@ -69,7 +69,7 @@ class HFMember:
     ``model`` is a local directory, a Hugging Face Hub id, a ``.gguf`` file, a preset name (see
     :data:`specfuse_core.presets.PRESETS`) or an already loaded ``PreTrainedModel`` (then pass
     ``tokenizer``). ``role`` is ``"both"`` (default), ``"draft"`` or ``"score"``.
-    ``forward`` is the forward pass its requests run: on CPU, Llama and Qwen2 models get a lean one
+    ``forward`` is the forward pass its requests run: on CPU, Llama, Qwen2 and Qwen3 models get a lean one
     that computes exactly what transformers' does (:func:`specfuse_core.forward.forward_for`).
     """
 

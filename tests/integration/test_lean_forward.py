@@ -1,6 +1,6 @@
 """The lean Llama-family forward pass computes exactly what transformers' forward computes.
 
-Tiny random Llama and Qwen2 models built in the test, loaded as members load them (prepacked on CPU
+Tiny random Llama, Qwen2 and Qwen3 models built in the test, loaded as members load them (prepacked on CPU
 in float32 and bfloat16), and the two default members; every comparison is bit-for-bit.
 """
 
@@ -10,7 +10,15 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    AutoTokenizer,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from specfuse_core import HFMember, kv_cache
 from specfuse_core.forward import LlamaFamilyForward, ModelForward, forward_for
@@ -32,8 +40,13 @@ def _build(directory, config_class, model_class, tokenizer_dir, **extra):
 
 
 @pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory, tiny_dirs):
-    return _build(tmp_path_factory.mktemp("qwen2"), Qwen2Config, Qwen2ForCausalLM, tiny_dirs[0])
+def family_dirs(tmp_path_factory, tiny_dirs):
+    root = tmp_path_factory.mktemp("families")
+    return {
+        "llama": tiny_dirs[0],
+        "qwen2": _build(root / "qwen2", Qwen2Config, Qwen2ForCausalLM, tiny_dirs[0]),
+        "qwen3": _build(root / "qwen3", Qwen3Config, Qwen3ForCausalLM, tiny_dirs[0], head_dim=16),  # q/k norms
+    }
 
 
 def _passes(forward, rows_by_pass):
@@ -59,9 +72,9 @@ def assert_same(plain, lean):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_the_lean_pass_is_bit_identical_to_transformers(tiny_dirs, qwen2_dir, family, dtype):
-    member = HFMember(str(tiny_dirs[0] if family == "llama" else qwen2_dir), dtype=dtype, device="cpu")
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_the_lean_pass_is_bit_identical_to_transformers(family_dirs, family, dtype):
+    member = HFMember(str(family_dirs[family]), dtype=dtype, device="cpu")
     lean, plain = member.forward, ModelForward(member.model)
     assert isinstance(lean, LlamaFamilyForward)
     prompt = [5, 17, 42, 8, 99, 3, 61]
@@ -85,10 +98,13 @@ def test_the_lean_pass_pads_rows_only_for_packed_products(tiny_dirs):
 
 
 def test_other_layouts_keep_transformers_forward(tmp_path, tiny_dirs):
-    # Qwen3 normalises queries and keys inside attention, which the lean pass does not compute
-    qwen3 = HFMember(str(_build(tmp_path / "q3", Qwen3Config, Qwen3ForCausalLM, tiny_dirs[0], head_dim=16)), device="cpu")
-    assert type(qwen3.forward) is ModelForward
-    assert not LlamaFamilyForward.supports(qwen3.model)
+    # sliding-window layers mask differently beyond the window, which a short check would not see
+    sliding = _build(tmp_path / "q2s", Qwen2Config, Qwen2ForCausalLM, tiny_dirs[0], use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    mistral = _build(tmp_path / "mistral", MistralConfig, MistralForCausalLM, tiny_dirs[0])  # a class it does not know
+    for directory in (sliding, mistral):
+        member = HFMember(str(directory), device="cpu")
+        assert type(member.forward) is ModelForward
+        assert not LlamaFamilyForward.supports(member.model)
 
 
 def test_a_lean_pass_that_differs_is_not_used(monkeypatch, tiny_dirs):
