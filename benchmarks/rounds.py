@@ -30,8 +30,9 @@ with torch's default thread count and again with one thread:
 10. Per member, float32 and bfloat16: one decode step (a 70-token prompt prefilled into the KV cache,
     then one token, ``torch.inference_mode``, median of ``--step-reps``) through the member's forward
     pass (``member.forward``) at batch 1, 4 and 8; the ratio step / bound; the batch-1 step through
-    the member's pass and through transformers' own forward in alternating blocks; a ``torch.profiler`` breakdown of the batch-1 step (top operators by self CPU time,
-    time inside operators vs outside them) and the output layer alone.
+    the member's pass and through transformers' own forward in alternating blocks; a
+    ``torch.profiler`` breakdown of the batch-1 step (top operators by self CPU time, time inside
+    operators vs outside them) and the output layer alone.
 11. fp32 vs bf16 on the same weights over the 70 prompt positions: greedy argmax agreement and the
     largest difference of float32 log-probabilities (next prompt token, greedy token, whole vocabulary).
 
@@ -47,7 +48,8 @@ with torch's default thread count and again with one thread:
 
 ``--part threads``: one OpenMP thread or all of them per pass (issue #26), each member in its own subprocess:
 
-15. On a worker thread, with the passive OpenMP policy ``specfuse`` sets: decode steps (1 and 8 requests),
+15. On a worker thread, with the passive OpenMP policy ``specfuse`` sets, through the member's forward
+    pass (``member.forward``): decode steps (1 and 8 requests),
     12-position passes (1 and 8 requests: scoring) and prefills of 32, 128 and 512 positions, each on
     one thread and on torch's default count (median of ``--step-reps``); which of the two
     ``numerics.pass_threads`` picks for the member and whether it was the faster.
@@ -347,11 +349,11 @@ def child_threads(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from specfuse_core import HFMember
+    from specfuse_core import HFMember, kv_cache
     from specfuse_core.numerics import pass_threads
 
     member = HFMember(args.spec, **_member_options(args))
-    model, ids = member.model, (_step_ids(member.tokenizer) * 8)[:512]
+    forward, ids = member.forward, (_step_ids(member.tokenizer) * 8)[:512]
     everything = torch.get_num_threads()
     rows: list[dict[str, Any]] = []
 
@@ -361,17 +363,17 @@ def child_threads(args: argparse.Namespace) -> dict[str, Any]:
                 ms: dict[int, float] = {}
                 for threads in (1, everything):
                     torch.set_num_threads(threads)
-                    cache = None
-                    if width <= 12:
-                        cache = model(torch.tensor([ids[:STEP_PROMPT_TOKENS]] * requests), use_cache=True).past_key_values
-                    x = torch.tensor([ids[STEP_PROMPT_TOKENS : STEP_PROMPT_TOKENS + width] if cache is not None else ids[:width]] * requests)
+                    prefix = STEP_PROMPT_TOKENS if width <= 12 else 0  # decode and scoring passes run over a cache
+                    cache = kv_cache.new_cache()
+                    if prefix:
+                        _, cache = forward(torch.tensor([ids[:prefix]] * requests), cache, 1)
+                    x = torch.tensor([ids[prefix : prefix + width]] * requests)
                     times = []
                     for _ in range(args.step_reps + 1):  # the first is a warm-up
                         start = time.perf_counter()
-                        model(x, past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
+                        forward(x, cache, 1)
                         times.append(time.perf_counter() - start)
-                        if cache is not None:
-                            cache.crop(-width)
+                        kv_cache.crop(cache, prefix)
                     ms[threads] = statistics.median(times[1:]) * 1000
                 picked = pass_threads(everything, params=member.cost, positions=requests * width, width=width)
                 faster = min(ms, key=ms.__getitem__)

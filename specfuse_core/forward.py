@@ -67,8 +67,9 @@ class LlamaFamilyForward(ModelForward):
     implementation, activation), called in the order transformers calls them. Only the calls around
     them differ: the hidden states stay one ``(rows, hidden)`` matrix, padded once with zero rows to
     what a :class:`~specfuse_core.numerics.PackedLinear` computes, so a decode step's seven products
-    per layer pad one input each instead of seven. A packed product's rows do not depend on the
-    others in its batch, so the padding changes no real row.
+    per layer pad one input each instead of seven (a packed layer given four rows or more pads nothing
+    itself). A packed product's rows do not depend on the others in its batch, so the padding changes
+    no real row.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -133,20 +134,20 @@ class LlamaFamilyForward(ModelForward):
             attention = layer.self_attn
             heads = (batch, width, -1, attention.head_dim)
             normed = layer.input_layernorm(hidden)
-            query = self._product(attention.q_proj, normed)[:rows].view(heads)
-            key = self._product(attention.k_proj, normed)[:rows].view(heads)
+            query = attention.q_proj(normed)[:rows].view(heads)
+            key = attention.k_proj(normed)[:rows].view(heads)
             if hasattr(attention, "q_norm"):  # Qwen3
                 query, key = attention.q_norm(query), attention.k_norm(key)
             query, key = query.transpose(1, 2), key.transpose(1, 2)
-            value = self._product(attention.v_proj, normed)[:rows].view(heads).transpose(1, 2)
+            value = attention.v_proj(normed)[:rows].view(heads).transpose(1, 2)
             query, key = self._apply_rotary(query, key, cos, sin)
             key, value = cache.update(key, value, index)
             attended, _ = attend(attention, query, key, value, mask, dropout=0.0, scaling=attention.scaling)
-            hidden = hidden + self._product(attention.o_proj, self._padded(attended.reshape(rows, -1)))
+            hidden = hidden + attention.o_proj(self._padded(attended.reshape(rows, -1)))
             normed = layer.post_attention_layernorm(hidden)
             mlp = layer.mlp
-            gated = mlp.act_fn(self._product(mlp.gate_proj, normed)) * self._product(mlp.up_proj, normed)
-            hidden = hidden + self._product(mlp.down_proj, gated)
+            gated = mlp.act_fn(mlp.gate_proj(normed)) * mlp.up_proj(normed)
+            hidden = hidden + mlp.down_proj(gated)
         hidden = decoder.norm(hidden)[:rows].view(batch, width, -1)
         kept = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
         return self.model.lm_head(kept), cache
@@ -155,12 +156,6 @@ class LlamaFamilyForward(ModelForward):
         missing = self._min_rows - matrix.shape[0]
         return torch.cat([matrix, matrix.new_zeros(missing, matrix.shape[1])]) if missing > 0 else matrix
 
-    @staticmethod
-    def _product(linear: torch.nn.Module, matrix: torch.Tensor) -> torch.Tensor:
-        """``linear(matrix)``; a packed layer's own padding is skipped when ``matrix`` has the rows already."""
-        if isinstance(linear, PackedLinear) and matrix.shape[0] >= PACKED_MIN_ROWS:
-            return linear._product(matrix)
-        return linear(matrix)
 
 
 def forward_for(model: torch.nn.Module) -> ModelForward:
@@ -188,8 +183,8 @@ def forward_for(model: torch.nn.Module) -> ModelForward:
 @torch.inference_mode()
 def _same_results(plain: ModelForward, lean: ModelForward) -> bool:
     vocab = int(plain.model.config.vocab_size)
-    prompt = torch.tensor([[1 % vocab, 2 % vocab, 3 % vocab, 5 % vocab, 8 % vocab]], device=plain.device)
-    step = torch.tensor([[13 % vocab]], device=plain.device)
+    prompt = torch.tensor([[1, 2, 3, 5, 8]], device=plain.device) % vocab
+    step = torch.tensor([[13]], device=plain.device) % vocab
     caches = DynamicCache(), DynamicCache()
     outputs = []
     for forward, cache in zip((plain, lean), caches):
